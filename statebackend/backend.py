@@ -1,0 +1,255 @@
+"""The keyed state backend of one operator subtask, and its snapshot handle.
+
+A `KeyedStateBackend` owns the state of the key groups in its `KeyGroupRange`: it turns the current
+key into the physical key prefix (`statebackend.layout`), hands out state handles by descriptor,
+iterates the keys of a state, and snapshots to / restores from a small `StateHandle`.
+
+>>> from statebackend import BackendConfig, ValueStateDescriptor, create_backend
+>>> backend = create_backend(BackendConfig("memory", checkpoint_dir="memory://doc"), scope="op/0")
+>>> count = backend.get_state(ValueStateDescriptor("count", default=0))
+>>> for word in ["a", "b", "a"]:
+...     backend.set_current_key(word)
+...     count.update(count.value() + 1)
+>>> backend.set_current_key("a"); count.value()
+2
+>>> backend.dispose()
+"""
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from statebackend.descriptors import StateDescriptor
+from statebackend.errors import (
+    InvalidHandleError,
+    KeyGroupOutOfRangeError,
+    NoCurrentKeyError,
+    SerializationError,
+    StateError,
+    StateTypeConflictError,
+)
+from statebackend.keygroups import KeyGroupRange, key_group_of
+from statebackend.layout import EMPTY_COMPONENT, escape, prefix_end, state_prefix, unescape_prefix
+from statebackend.serializers import Serializer
+from statebackend.state import STATE_CLASSES, KeyedState
+from statebackend.store import KvStore, StoreHandle
+from statebackend.ttl import Clock, is_expired
+
+HANDLE_FORMAT = 1
+_MAX_STATES = 0xFFFF
+
+
+@dataclass(frozen=True)
+class StateMeta:
+    """What a snapshot records of each registered state."""
+
+    state_id: int
+    kind: str
+    ttl: bool
+
+
+@dataclass(frozen=True)
+class StateHandle:
+    """A small, serializable reference to one subtask's snapshot (the files live on the DFS)."""
+
+    backend: str
+    scope: str
+    checkpoint_id: int
+    max_parallelism: int
+    key_group_range: KeyGroupRange
+    states: Mapping[str, StateMeta]
+    store: StoreHandle
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": HANDLE_FORMAT,
+            "backend": self.backend,
+            "scope": self.scope,
+            "checkpoint_id": self.checkpoint_id,
+            "max_parallelism": self.max_parallelism,
+            "key_groups": [self.key_group_range.start, self.key_group_range.end],
+            "states": {
+                name: {"id": m.state_id, "kind": m.kind, "ttl": m.ttl}
+                for name, m in self.states.items()
+            },
+            "store": self.store,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "StateHandle":
+        """Parse a handle, raising `InvalidHandleError` that names the bad field."""
+        if not isinstance(data, Mapping):
+            raise InvalidHandleError(f"a state handle must be a mapping, got {type(data).__name__}")
+        if data.get("format") != HANDLE_FORMAT:
+            raise InvalidHandleError(
+                f"unsupported state handle format {data.get('format')!r} (expected {HANDLE_FORMAT})"
+            )
+        try:
+            states = {
+                str(name): StateMeta(int(m["id"]), str(m["kind"]), bool(m["ttl"]))
+                for name, m in data["states"].items()
+            }
+            start, end = data["key_groups"]
+            handle = cls(
+                backend=str(data["backend"]),
+                scope=str(data["scope"]),
+                checkpoint_id=int(data["checkpoint_id"]),
+                max_parallelism=int(data["max_parallelism"]),
+                key_group_range=KeyGroupRange(int(start), int(end)),
+                states=states,
+                store=dict(data["store"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise InvalidHandleError(f"malformed state handle: {type(e).__name__}: {e}") from e
+        for name, meta in states.items():
+            if meta.kind not in STATE_CLASSES:
+                raise InvalidHandleError(f"state '{name}' has unknown kind {meta.kind!r}")
+        return handle
+
+
+class KeyedStateBackend:
+    """Keyed state of one operator subtask over an ordered byte store."""
+
+    def __init__(
+        self,
+        store: KvStore,
+        *,
+        backend_name: str,
+        scope: str,
+        key_group_range: KeyGroupRange,
+        max_parallelism: int,
+        key_serializer: Serializer,
+        namespace_serializer: Serializer,
+        clock: Clock,
+        states: Mapping[str, StateMeta] | None = None,
+    ):
+        self.store = store
+        self.backend_name = backend_name
+        self.scope = scope
+        self.key_group_range = key_group_range
+        self.max_parallelism = max_parallelism
+        self.key_serializer = key_serializer
+        self.namespace_serializer = namespace_serializer
+        self.clock = clock
+        self._metas: dict[str, StateMeta] = dict(states or {})
+        self._handles: dict[str, KeyedState] = {}
+        self._current_key: Any = None
+        # The physical-key prefix of the current key, read by every state handle.
+        self.current_key_group = b""
+        self.current_key_part: bytes | None = None
+
+    # -- the current key ---------------------------------------------------------------------
+
+    def set_current_key(self, key: Any) -> None:
+        """Make `key` the key that every state handle of this backend reads and writes."""
+        try:
+            key_bytes = self.key_serializer.serialize(key)
+        except Exception as e:
+            raise SerializationError(
+                f"cannot serialize key {key!r} of type {type(key).__name__}: {e}"
+            ) from e
+        key_group = key_group_of(key_bytes, self.max_parallelism)
+        if key_group not in self.key_group_range:
+            raise KeyGroupOutOfRangeError(
+                f"key {key!r} is in key group {key_group}, outside this subtask's key groups "
+                f"{self.key_group_range.start}..{self.key_group_range.end}"
+            )
+        self._current_key = key
+        self.current_key_group = key_group.to_bytes(2, "big")
+        self.current_key_part = escape(key_bytes)
+
+    @property
+    def current_key(self) -> Any:
+        return self._current_key
+
+    # -- states --------------------------------------------------------------------------------
+
+    def get_state(self, descriptor: StateDescriptor) -> Any:
+        """The handle of `descriptor`'s state (one per name; the same object on every call)."""
+        handle = self._handles.get(descriptor.name)
+        meta = self._metas.get(descriptor.name)
+        has_ttl = descriptor.ttl_config is not None
+        if meta is not None and (meta.kind != descriptor.kind or meta.ttl != has_ttl):
+            stored = f"{meta.kind} state{' with TTL' if meta.ttl else ''}"
+            asked = f"{descriptor.kind} state{' with TTL' if has_ttl else ''}"
+            raise StateTypeConflictError(
+                f"state '{descriptor.name}' is a {stored}; it cannot be used as a {asked}"
+            )
+        if handle is not None:
+            return handle
+        if meta is None:
+            if len(self._metas) >= _MAX_STATES:
+                raise StateError(f"too many states in one backend (at most {_MAX_STATES})")
+            meta = StateMeta(len(self._metas) + 1, descriptor.kind, has_ttl)
+        handle = STATE_CLASSES[descriptor.kind](self, meta.state_id, descriptor)  # type: ignore[arg-type]
+        self._metas[descriptor.name] = meta
+        self._handles[descriptor.name] = handle
+        return handle
+
+    def key_prefix(self, state_name: str) -> bytes:
+        """The physical key of the current key in `state_name` (default namespace).
+
+        A value's entry has exactly this key; a map's entries start with it.
+        """
+        meta = self._metas.get(state_name)
+        if meta is None:
+            raise StateError(f"no state named '{state_name}' in this backend")
+        if self.current_key_part is None:
+            raise NoCurrentKeyError("key_prefix() called before set_current_key()")
+        return (
+            self.current_key_group
+            + meta.state_id.to_bytes(2, "big")
+            + self.current_key_part
+            + EMPTY_COMPONENT
+        )
+
+    @property
+    def state_names(self) -> list[str]:
+        return sorted(self._metas)
+
+    def keys(self, state_name: str, namespace: Any = None) -> Iterator[Any]:
+        """Every key that has a live entry in `state_name` (and `namespace`), each once.
+
+        Keys come in key-group order, then in the byte order of their serialized form. The keys are
+        those present when the iteration of each key group starts; the current key may be changed
+        and state written while iterating.
+        """
+        meta = self._metas.get(state_name)
+        if meta is None:
+            raise StateError(f"no state named '{state_name}' in this backend")
+        namespace_part = (
+            EMPTY_COMPONENT
+            if namespace is None
+            else escape(self.namespace_serializer.serialize(namespace))
+        )
+        for key_group in self.key_group_range:
+            prefix = state_prefix(key_group, meta.state_id)
+            previous = None
+            now = self.clock()
+            for physical, stored in self.store.scan(prefix, prefix_end(prefix)):
+                key_part, offset = unescape_prefix(physical, len(prefix))
+                if key_part == previous or not physical.startswith(namespace_part, offset):
+                    continue
+                if is_expired(stored, now):
+                    continue
+                previous = key_part
+                yield self.key_serializer.deserialize(key_part)
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    def snapshot(self, checkpoint_id: int) -> StateHandle:
+        """Persist the state to checkpoint storage; the handle restores exactly this state."""
+        return StateHandle(
+            backend=self.backend_name,
+            scope=self.scope,
+            checkpoint_id=checkpoint_id,
+            max_parallelism=self.max_parallelism,
+            key_group_range=self.key_group_range,
+            states=dict(self._metas),
+            store=self.store.snapshot(checkpoint_id),
+        )
+
+    def dispose(self) -> None:
+        """Release resources and local files; checkpoint files stay for later restores."""
+        self._handles.clear()
+        self.store.dispose()

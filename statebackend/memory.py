@@ -1,0 +1,66 @@
+"""The `memory` backend: state in a sorted in-process dict, snapshotted as one file.
+
+Reads and writes are dictionary operations. A snapshot writes the whole map, msgpack-encoded and
+zstd-compressed, to `checkpoint_dir/scope/chk-<id>/` with its size and checksum in the handle.
+"""
+
+import uuid
+from collections.abc import Iterator
+
+import msgpack
+import zstandard
+from sortedcontainers import SortedDict
+
+from statebackend import dfs
+from statebackend.errors import CorruptCheckpointError, InvalidHandleError
+from statebackend.store import StoreContext, StoreHandle
+
+
+class MemoryStore:
+    def __init__(self, context: StoreContext, data: SortedDict | None = None):
+        self._context = context
+        self._data: SortedDict = SortedDict() if data is None else data
+        self.get = self._data.get
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._data[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self._data.pop(key, None)
+
+    def scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        data = self._data
+        # Copied now, so the scan is a point-in-time view that later writes do not disturb.
+        return iter([(k, data[k]) for k in data.irange(start, end, inclusive=(True, False))])
+
+    def snapshot(self, checkpoint_id: int) -> StoreHandle:
+        body = msgpack.packb([list(self._data.keys()), list(self._data.values())])
+        url = dfs.join(
+            self._context.checkpoint_dir,
+            self._context.scope,
+            f"chk-{checkpoint_id}",
+            f"memory-{uuid.uuid4().hex}.msgpack.zst",
+        )
+        ref = dfs.write_bytes(url, zstandard.compress(body), self._context.storage_options)
+        return {"file": ref.to_dict(), "entries": len(self._data)}
+
+    def dispose(self) -> None:
+        self._data.clear()
+
+
+class MemoryStoreFactory:
+    name = "memory"
+
+    def open(self, context: StoreContext, restore: StoreHandle | None) -> MemoryStore:
+        if restore is None:
+            return MemoryStore(context)
+        try:
+            ref = dfs.FileRef.from_dict(restore["file"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidHandleError(f"malformed memory store handle: {e!r}") from e
+        data = dfs.read_verified(ref, context.storage_options)
+        try:
+            keys, values = msgpack.unpackb(zstandard.decompress(data))
+        except Exception as e:
+            raise CorruptCheckpointError(f"cannot decode checkpoint file {ref.path}: {e}") from e
+        return MemoryStore(context, SortedDict(zip(keys, values, strict=True)))

@@ -1,0 +1,69 @@
+"""The ordered key-value store under a keyed state backend, and how backends provide one.
+
+A backend is a `StoreFactory`: it opens a `KvStore` for one operator subtask, new or restored from a
+store handle. Every state type is implemented once, on top of this interface (`statebackend.state`),
+so a backend only has to be a correct ordered byte store with snapshots.
+"""
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from statebackend.keygroups import KeyGroupRange
+
+StoreHandle = dict[str, Any]
+"""A small, JSON-serializable description of a store snapshot (file names, sizes, checksums)."""
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """Where and for whom a store is opened.
+
+    `scope` names the operator subtask (a relative path such as "job-1/counter/0"); the store
+    keeps its checkpoint files below `checkpoint_dir/scope` and its working files below
+    `local_dir/scope`.
+    """
+
+    scope: str
+    key_group_range: KeyGroupRange
+    checkpoint_dir: str
+    local_dir: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class KvStore(Protocol):
+    """An ordered map of bytes to bytes.
+
+    `scan(start, end)` yields the entries with `start <= key < end` in ascending key order, as
+    of the moment `scan` is called: writes made while the iterator is consumed do not change
+    what it yields.
+    """
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def put(self, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, key: bytes) -> None: ...
+
+    def scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def snapshot(self, checkpoint_id: int) -> StoreHandle:
+        """Persist the current contents to checkpoint storage; return a handle to restore them."""
+        ...
+
+    def dispose(self) -> None:
+        """Release all resources and delete local working files (checkpoint files are kept)."""
+        ...
+
+
+class StoreFactory(Protocol):
+    name: str
+
+    def open(self, context: StoreContext, restore: StoreHandle | None) -> KvStore:
+        """Open an empty store, or one restored from `restore`.
+
+        Raises a `RestoreError` subclass, leaving no local files behind, if `restore` cannot be
+        used.
+        """
+        ...

@@ -1,0 +1,74 @@
+"""Fixtures of the backend conformance suite: every test runs against every backend.
+
+A new backend joins the suite by adding its name to `BACKENDS`.
+"""
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from statebackend import BackendConfig, KeyedStateBackend, KeyGroupRange, create_backend
+
+BACKENDS = ["memory", "rocksdb"]
+
+
+class ManualClock:
+    """A clock (milliseconds) that moves only when told to."""
+
+    def __init__(self, now_ms: int = 1_700_000_000_000):
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def config(backend_name: str, tmp_path: Any) -> BackendConfig:
+    return BackendConfig(
+        backend_name,
+        checkpoint_dir=f"file://{tmp_path}/checkpoints",
+        local_dir=str(tmp_path / "local"),
+    )
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+OpenBackend = Callable[..., KeyedStateBackend]
+
+
+@pytest.fixture
+def open_backend(config: BackendConfig, clock: ManualClock) -> Iterator[OpenBackend]:
+    """Opens backends of the parametrized kind (scope "op/0", all key groups) and disposes them."""
+    opened: list[KeyedStateBackend] = []
+
+    def open_(**kwargs: Any) -> KeyedStateBackend:
+        kwargs.setdefault("scope", "op/0")
+        kwargs.setdefault("clock", clock)
+        backend = create_backend(kwargs.pop("config", config), **kwargs)
+        opened.append(backend)
+        return backend
+
+    yield open_
+    for backend in opened:
+        backend.dispose()
+
+
+@pytest.fixture
+def backend(open_backend: OpenBackend) -> KeyedStateBackend:
+    return open_backend()
+
+
+def subtask_ranges(max_parallelism: int, parallelism: int) -> list[KeyGroupRange]:
+    return [KeyGroupRange.of_subtask(max_parallelism, parallelism, i) for i in range(parallelism)]
