@@ -7,6 +7,7 @@ refused with a `SerializationError` naming the type; use `PickleSerializer` or a
 """
 
 import pickle
+import threading
 from typing import Any, Protocol, runtime_checkable
 
 import msgpack
@@ -38,7 +39,18 @@ def _unpack_extension(code: int, data: bytes) -> Any:
 
 
 def _packer_bytes(value: Any) -> bytes:
+    # A fresh packer: this also runs inside `_pack_extension`, while a reused packer is busy.
     return msgpack.packb(value, default=_pack_extension, strict_types=True, use_bin_type=True)
+
+
+class _ReusedPackers(threading.local):
+    """One msgpack Packer per thread: creating a Packer costs more than packing a small value."""
+
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer(default=_pack_extension, strict_types=True, use_bin_type=True)
+
+
+_packers = _ReusedPackers()
 
 
 def _unpack(data: bytes) -> Any:
@@ -50,8 +62,9 @@ class MsgpackSerializer:
 
     def serialize(self, value: Any) -> bytes:
         try:
-            return _packer_bytes(value)
+            return _packers.packer.pack(value)
         except (TypeError, ValueError, OverflowError) as e:
+            _packers.packer.reset()
             raise SerializationError(
                 f"cannot serialize a value of type {type(value).__name__}: {e}; "
                 "use PickleSerializer or a custom serializer for such values"

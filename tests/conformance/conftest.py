@@ -72,3 +72,22 @@ def backend(open_backend: OpenBackend) -> KeyedStateBackend:
 
 def subtask_ranges(max_parallelism: int, parallelism: int) -> list[KeyGroupRange]:
     return [KeyGroupRange.of_subtask(max_parallelism, parallelism, i) for i in range(parallelism)]
+
+
+def checkpoint_files(handle: dict) -> list[str]:
+    """The checkpoint files a handle references, whatever the backend's handle layout."""
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "path" in node and "checksum" in node:
+                found.append(node["path"])
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(handle["store"])
+    assert found, "the handle references no files"
+    return found

@@ -20,6 +20,7 @@ from statebackend import (
     create_backend,
 )
 from statebackend.dfs import filesystem
+from tests.conformance.conftest import checkpoint_files
 
 
 class Opaque:
@@ -72,7 +73,7 @@ def test_restore_from_missing_file(open_backend, backend: KeyedStateBackend) -> 
     backend.set_current_key("k")
     backend.get_state(ValueStateDescriptor("v")).update(1)
     handle = backend.snapshot(1).to_dict()
-    path = _files_of(handle)[-1]
+    path = checkpoint_files(handle)[-1]
     fs, local = filesystem(path, {})
     fs.rm(local)
     with pytest.raises(MissingCheckpointDataError, match="missing"):
@@ -83,7 +84,7 @@ def test_restore_from_corrupted_file(open_backend, backend: KeyedStateBackend) -
     backend.set_current_key("k")
     backend.get_state(ValueStateDescriptor("v")).update("x" * 1000)
     handle = backend.snapshot(1).to_dict()
-    for path in _files_of(handle):
+    for path in checkpoint_files(handle):
         fs, local = filesystem(path, {})
         data = bytearray(fs.cat_file(local))
         if data:
@@ -118,21 +119,3 @@ def test_restore_from_garbage(open_backend) -> None:
     with pytest.raises(InvalidHandleError):
         open_backend(restore=["not", "a", "handle"])
 
-
-def _files_of(handle: dict) -> list[str]:
-    """The checkpoint files a handle references, whatever the backend's handle layout."""
-    found: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if "path" in node and "checksum" in node:
-                found.append(node["path"])
-            for child in node.values():
-                walk(child)
-        elif isinstance(node, list):
-            for child in node:
-                walk(child)
-
-    walk(handle["store"])
-    assert found, "the handle references no files"
-    return found
