@@ -1,0 +1,1 @@
+"""Reusable test infrastructure: real Kafka (Tansu), S3 (moto) and process helpers."""
