@@ -1,0 +1,51 @@
+"""Stream elements: what flows through channels between subtasks.
+
+A channel carries batches (lists) of elements. A `Record` is a value with an optional event-time
+timestamp (milliseconds); a `Watermark` says no record with a timestamp at or below it follows;
+a `Barrier` marks checkpoint `checkpoint_id` in the stream; `EndOfInput` is the last element an
+upstream subtask sends; `IdleStatus` tells consumers that an input holds no data for a while (so its
+watermark must not hold event time back) or that it is active again.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+MIN_TIMESTAMP = -(2**63)
+MAX_TIMESTAMP = 2**63 - 1
+
+
+class Record:
+    """A value and its event-time timestamp (None when the stream has no event time)."""
+
+    __slots__ = ("value", "timestamp")
+
+    def __init__(self, value: Any, timestamp: int | None = None) -> None:
+        self.value = value
+        self.timestamp = timestamp
+
+    def __repr__(self) -> str:
+        return f"Record({self.value!r}, timestamp={self.timestamp})"
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    checkpoint_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class IdleStatus:
+    idle: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfInput:
+    pass
+
+
+END_OF_INPUT = EndOfInput()
+Element = Record | Watermark | Barrier | IdleStatus | EndOfInput

@@ -1,0 +1,271 @@
+"""Local execution: turn a job's plan into subtasks, channels and a checkpoint coordinator, and run
+them as asyncio tasks in this process, restarting from the latest checkpoint on failure.
+
+Each chain of the plan runs as `parallelism` subtasks. An edge between chains becomes channels:
+one per subtask pair for a forward edge, all-to-all otherwise, each a bounded queue. The job ends
+when every source is exhausted (a final checkpoint is taken after the sources' last watermark, so
+a rerun finds nothing left to do) or when `stop` is set (a final checkpoint at the sources' current
+position, without draining windows, so a rerun continues where this one stopped).
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from streamlet.channels import Channel, InputGate
+from streamlet.checkpoint import CheckpointCoordinator, CheckpointStorage, restored_states
+from streamlet.config import Configuration
+from streamlet.errors import JobDefinitionError
+from streamlet.graph import Chain, NodeKind, Plan
+from streamlet.metrics import JobMetrics
+from streamlet.operators import Operator, OperatorContext
+from streamlet.outputs import ChainedOutput, DiscardingOutput, FanOut, Output, RecordWriter
+from streamlet.partitioners import ForwardPartitioner
+from streamlet.restart import FixedDelayRestart
+from streamlet.task import OperatorSubtask, SourceSubtask, Subtask
+
+if TYPE_CHECKING:
+    from streamlet.api import Job
+
+log = logging.getLogger("streamlet.executor")
+
+
+@dataclass
+class JobResult:
+    job_name: str
+    records_in: int
+    records_out: int
+    checkpoints: int
+    restarts: int
+    restored_checkpoint: int | None
+    seconds: float
+
+
+async def execute_job(
+    job: "Job",
+    config: Configuration | Mapping[str, Any] | None = None,
+    *,
+    parallelism: int | None = None,
+    stop: asyncio.Event | None = None,
+    metrics: JobMetrics | None = None,
+) -> JobResult:
+    """Run `job` until its sources end or `stop` is set, restarting per the restart strategy."""
+    if not isinstance(config, Configuration):
+        config = Configuration(config)
+    metrics = metrics or JobMetrics()
+    stop = stop or asyncio.Event()
+    strategy = FixedDelayRestart(config.get("restart.attempts"), config.get("restart.delay"))
+    started = time.monotonic()
+    attempts: list[_Execution] = []
+    while True:
+        execution = _Execution(job, config, parallelism, metrics, stop)
+        attempts.append(execution)
+        try:
+            await execution.run()
+            break
+        except Exception as error:
+            delay = strategy.next_delay_ms()
+            if delay is None:
+                raise
+            log.warning(
+                "job %s failed (%s); restart %d of %d in %d ms from the latest checkpoint",
+                job.name,
+                error,
+                strategy.used,
+                strategy.attempts,
+                delay,
+            )
+            await asyncio.sleep(delay / 1000)
+    return JobResult(
+        job.name,
+        metrics.records_in,
+        metrics.records_out,
+        metrics.checkpoints,
+        strategy.used,
+        attempts[0].restored_id,
+        time.monotonic() - started,
+    )
+
+
+class _Execution:
+    """One attempt at running the job."""
+
+    def __init__(
+        self,
+        job: "Job",
+        config: Configuration,
+        parallelism: int | None,
+        metrics: JobMetrics,
+        stop: asyncio.Event,
+    ) -> None:
+        self.job = job
+        self.config = config
+        self.metrics = metrics
+        self.stop = stop
+        self.plan: Plan = job.graph.plan(parallelism or config.get("parallelism.default"))
+        self.max_parallelism = config.get("parallelism.max")
+        for chain in self.plan.chains:
+            if chain.parallelism > self.max_parallelism:
+                raise JobDefinitionError(
+                    f"'{chain.name}' has parallelism {chain.parallelism}, above parallelism.max "
+                    f"({self.max_parallelism})"
+                )
+        self.batch_size = config.get("pipeline.batch-size")
+        self.restored_id: int | None = None
+
+    async def run(self) -> None:
+        storage = CheckpointStorage(
+            self.config.get("checkpoint.dir"), self.job.name, self.config.get("dfs.storage-options")
+        )
+        parallelism = {
+            node.operator_uid: chain.parallelism
+            for chain in self.plan.chains
+            for node in chain.nodes
+        }
+        ids = await asyncio.to_thread(storage.checkpoint_ids)
+        restored: dict[str, dict[int, Any]] = {}
+        if self.config.get("checkpoint.restore"):
+            latest = await asyncio.to_thread(storage.latest)
+            if latest is not None:
+                restored = restored_states(latest, parallelism)
+                self.restored_id = latest["checkpoint_id"]
+                log.info("restoring checkpoint %d of job %s", self.restored_id, self.job.name)
+        coordinator = CheckpointCoordinator(
+            storage,
+            self.job.name,
+            parallelism,
+            self.max_parallelism,
+            first_id=(ids[0] + 1) if ids else 1,
+            retained=self.config.get("checkpoint.retained"),
+            metrics=self.metrics,
+        )
+        subtasks, sources = self._build(restored, coordinator)
+        coordinator.attach(subtasks, sources)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for subtask in subtasks:
+                    group.create_task(subtask.run(), name=subtask.name)
+                group.create_task(self._control(coordinator, sources), name="checkpoints")
+        except* Exception as failure:
+            raise failure.exceptions[0] from None
+
+    async def _control(
+        self, coordinator: CheckpointCoordinator, sources: list[SourceSubtask]
+    ) -> None:
+        """Periodic checkpoints until the sources finish or `stop` is set, then the final one."""
+        finish = asyncio.Event()
+        interval = self.config.get("checkpoint.interval")
+        periodic = (
+            asyncio.create_task(coordinator.run_periodically(interval, finish))
+            if interval > 0
+            else None
+        )
+        waiters = [
+            asyncio.create_task(coordinator.sources_finished.wait()),
+            asyncio.create_task(self.stop.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finish.set()
+            if periodic is not None:
+                await periodic
+            await coordinator.checkpoint(final=True)
+        finally:
+            for task in [*waiters, *([periodic] if periodic else [])]:
+                task.cancel()
+        for source in sources:
+            source.release()
+
+    def _build(
+        self, restored: dict[str, dict[int, Any]], coordinator: CheckpointCoordinator
+    ) -> tuple[list[Subtask], list[SourceSubtask]]:
+        plan = self.plan
+        capacity = self.config.get("pipeline.channel-capacity")
+        # channels[(edge index, upstream subtask)] -> channels to the downstream subtasks
+        gates = {chain.id: [InputGate() for _ in range(chain.parallelism)] for chain in plan.chains}
+        writers: dict[tuple[int, int], list[tuple[str | None, RecordWriter]]] = {}
+        for edge in plan.edges:
+            up, down = edge.upstream, edge.downstream
+            for u in range(up.parallelism):
+                forward = isinstance(edge.partitioner, ForwardPartitioner)
+                targets = [u] if forward else range(down.parallelism)
+                channels = []
+                for d in targets:
+                    channel = Channel(capacity)
+                    gates[down.id][d].add(channel, edge.input_index)
+                    channels.append(channel)
+                partitioner = edge.partitioner.copy()
+                partitioner.bind(len(channels), u, self.max_parallelism)
+                writer = RecordWriter(channels, partitioner, self.batch_size)
+                writers.setdefault((up.id, u), []).append((edge.tag, writer))
+        subtasks: list[Subtask] = []
+        sources: list[SourceSubtask] = []
+        for chain in plan.chains:
+            for index in range(chain.parallelism):
+                chain_writers = writers.get((chain.id, index), [])
+                operators, head = self._operators(chain, index, chain_writers)
+                name = f"{chain.name} ({index + 1}/{chain.parallelism})"
+                state = {uid: by_index.get(index) for uid, by_index in restored.items()}
+                common = dict(
+                    name=name,
+                    index=index,
+                    operators=operators,
+                    writers=[w for _, w in chain_writers],
+                    restored={uid: s for uid, s in state.items() if s is not None},
+                    listener=coordinator,
+                    metrics=self.metrics,
+                )
+                if chain.head.kind is NodeKind.SOURCE:
+                    source = chain.head
+                    subtask: Subtask = SourceSubtask(
+                        uid=source.operator_uid,
+                        source_name=source.name,
+                        reader=source.source.create_reader(  # type: ignore[union-attr]
+                            self._context(chain, source.operator_uid, source.name, index).runtime
+                        ),
+                        head=head,
+                        watermarks=source.watermarks,
+                        batch_size=self.batch_size,
+                        **common,
+                    )
+                    sources.append(subtask)
+                else:
+                    subtask = OperatorSubtask(gate=gates[chain.id][index], **common)
+                subtasks.append(subtask)
+        return subtasks, sources
+
+    def _operators(
+        self, chain: Chain, index: int, chain_writers: list[tuple[str | None, RecordWriter]]
+    ) -> tuple[list[tuple[str, Operator]], Output]:
+        """The chain's operators wired to each other and to the writers; and the chain's input."""
+        main = [w for tag, w in chain_writers if tag is None]
+        tail_output: Output = (
+            DiscardingOutput() if not main else main[0] if len(main) == 1 else FanOut(list(main))
+        )
+        for tag in {tag for tag, _ in chain_writers if tag is not None}:
+            tagged = [w for t, w in chain_writers if t == tag]
+            tail_output.side[tag] = tagged[0] if len(tagged) == 1 else FanOut(list(tagged))
+        operator_nodes = [node for node in chain.nodes if node.kind is not NodeKind.SOURCE]
+        operators: list[tuple[str, Operator]] = []
+        output = tail_output
+        for node in reversed(operator_nodes):
+            operator = node.create_operator()  # type: ignore[misc]
+            operator.setup(self._context(chain, node.operator_uid, node.name, index), output)
+            operators.insert(0, (node.operator_uid, operator))
+            output = ChainedOutput(operator)
+        return operators, output
+
+    def _context(self, chain: Chain, uid: str, name: str, index: int) -> OperatorContext:
+        return OperatorContext(
+            job_name=self.job.name,
+            operator_name=name,
+            uid=uid,
+            subtask_index=index,
+            parallelism=chain.parallelism,
+            max_parallelism=self.max_parallelism,
+            backend_config=self.config.backend_config(),
+            metrics=self.metrics,
+        )

@@ -1,0 +1,180 @@
+"""Keyed operators: each subtask owns a keyed state backend for its key-group range, plus timers.
+
+`KeyedOperator` is the base: it opens (or restores) the subtask's backend under the scope
+`{job}/{uid}/{subtask}`, sets the current key from each record, fires timers as watermarks and
+processing time advance, and snapshots the backend (timers included) on checkpoints.
+`KeyedProcessOperator` runs a `KeyedProcessFunction`; `ReduceOperator` and `AggregateOperator`
+keep a rolling value per key and emit it after every record.
+"""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from statebackend import AggregatingStateDescriptor, ValueStateDescriptor
+from streamlet.elements import Record, Watermark
+from streamlet.errors import OperatorError, StreamletError
+from streamlet.functions import AggregateFunction, KeyedProcessFunction, OutputTag
+from streamlet.operators import Operator
+from streamlet.partitioners import KeySelector
+from streamlet.timers import TimerService
+
+
+class KeyedOperator(Operator):
+    """Base of operators on keyed streams; `key_selectors[i]` keys input i."""
+
+    def __init__(self, name: str, key_selectors: list[KeySelector]) -> None:
+        super().__init__(name)
+        self._key_selectors = key_selectors
+
+    async def open(self, state: Any | None) -> None:
+        self.backend = self.context.create_keyed_backend(
+            None if state is None else state["backend"]
+        )
+        self.timers = TimerService(self.backend)
+        if state is not None:
+            self.timers.restore()
+
+    def set_key(self, record: Record, input_index: int) -> Any:
+        key = self._key_selectors[input_index](record.value)
+        self.backend.set_current_key(key)
+        return key
+
+    def process_watermark(self, watermark: Watermark) -> None:
+        self.timers.advance_watermark(watermark.timestamp, self._fire_event_timer)
+        self.output.watermark_everywhere(watermark)
+
+    def next_processing_timer(self) -> int | None:
+        return self.timers.next_processing_time()
+
+    def on_processing_time(self, now_ms: int) -> None:
+        self.timers.advance_processing_time(now_ms, self._fire_processing_timer)
+
+    def on_event_timer(self, key: Any, namespace: Any, timestamp: int) -> None:
+        """An event-time timer fired (the current key is `key`)."""
+
+    def on_processing_timer(self, key: Any, namespace: Any, timestamp: int) -> None:
+        """A processing-time timer fired (the current key is `key`)."""
+
+    def _fire_event_timer(self, key: Any, namespace: Any, timestamp: int) -> None:
+        self._guarded(self.on_event_timer, key, namespace, timestamp)
+
+    def _fire_processing_timer(self, key: Any, namespace: Any, timestamp: int) -> None:
+        self._guarded(self.on_processing_timer, key, namespace, timestamp)
+
+    def _guarded(
+        self, handler: Callable[[Any, Any, int], None], key: Any, ns: Any, ts: int
+    ) -> None:
+        try:
+            handler(key, ns, ts)
+        except StreamletError:
+            raise
+        except Exception as e:
+            raise OperatorError(self.name, f"timer {ts} of key {key!r}", e) from e
+
+    async def snapshot(self, checkpoint_id: int) -> Any | None:
+        handle = await asyncio.to_thread(self.backend.snapshot, checkpoint_id)
+        return {"backend": handle.to_dict()}
+
+    async def close(self) -> None:
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            self.context.release_keyed_backend(backend)
+            del self.backend
+
+
+class _ProcessContext:
+    """The `KeyedContext` a `KeyedProcessFunction` sees."""
+
+    def __init__(self, operator: "KeyedProcessOperator") -> None:
+        self._operator = operator
+        self.key: Any = None
+        self.timestamp: int | None = None
+
+    @property
+    def timers(self) -> TimerService:
+        return self._operator.timers
+
+    def state(self, descriptor: Any) -> Any:
+        return self._operator.backend.get_state(descriptor)
+
+    def output(self, tag: OutputTag, value: Any) -> None:
+        self._operator.output.collect_side(tag.name, Record(value, self.timestamp))
+
+
+class KeyedProcessOperator(KeyedOperator):
+    def __init__(
+        self, name: str, key_selectors: list[KeySelector], function: KeyedProcessFunction
+    ) -> None:
+        super().__init__(name, key_selectors)
+        self._function = function
+
+    async def open(self, state: Any | None) -> None:
+        await super().open(state)
+        self._ctx = _ProcessContext(self)
+        self._function.open(self.context.runtime)
+
+    def process(self, record: Record, input_index: int) -> None:
+        ctx = self._ctx
+        ctx.key = self.set_key(record, input_index)
+        ctx.timestamp = record.timestamp
+        self._emit(self._function.process_element(record.value, ctx), record.timestamp)
+
+    def on_event_timer(self, key: Any, namespace: Any, timestamp: int) -> None:
+        self._on_timer(key, timestamp, timestamp)
+
+    def on_processing_timer(self, key: Any, namespace: Any, timestamp: int) -> None:
+        self._on_timer(key, timestamp, None)
+
+    def _on_timer(self, key: Any, timestamp: int, event_time: int | None) -> None:
+        ctx = self._ctx
+        ctx.key, ctx.timestamp = key, event_time
+        self._emit(self._function.on_timer(timestamp, ctx), event_time)
+
+    def _emit(self, results: Any, timestamp: int | None) -> None:
+        if results is not None:
+            collect = self.output.collect
+            for value in results:
+                collect(Record(value, timestamp))
+
+
+class ReduceOperator(KeyedOperator):
+    """Emits `reduce(previous, value)` per key after every record."""
+
+    STATE = ValueStateDescriptor("reduce")
+
+    def __init__(
+        self, name: str, key_selectors: list[KeySelector], reduce: Callable[[Any, Any], Any]
+    ) -> None:
+        super().__init__(name, key_selectors)
+        self._reduce = reduce
+
+    async def open(self, state: Any | None) -> None:
+        await super().open(state)
+        self._state = self.backend.get_state(self.STATE)
+
+    def process(self, record: Record, input_index: int) -> None:
+        self.set_key(record, input_index)
+        previous = self._state.value()
+        value = record.value if previous is None else self._reduce(previous, record.value)
+        self._state.update(value)
+        self.output.collect(Record(value, record.timestamp))
+
+
+class AggregateOperator(KeyedOperator):
+    """Folds every record into its key's accumulator and emits the current result."""
+
+    def __init__(
+        self, name: str, key_selectors: list[KeySelector], aggregate: AggregateFunction
+    ) -> None:
+        super().__init__(name, key_selectors)
+        self._descriptor = AggregatingStateDescriptor("aggregate", aggregate)
+
+    async def open(self, state: Any | None) -> None:
+        await super().open(state)
+        self._state = self.backend.get_state(self._descriptor)
+
+    def process(self, record: Record, input_index: int) -> None:
+        self.set_key(record, input_index)
+        self._state.add(record.value)
+        self.output.collect(Record(self._state.get(), record.timestamp))

@@ -1,0 +1,157 @@
+"""Operators: what runs inside a subtask for one node of the job graph.
+
+An `Operator` gets records (synchronously, in order), watermarks and checkpoint calls from its
+subtask, and emits to its `Output`. This module holds the base class, the context it is opened
+with, and the stateless operators (map, filter, flat_map) and the sink operator. Keyed operators
+are in `streamlet.keyed`, windows in `streamlet.windows`, joins in `streamlet.joins`.
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from statebackend import BackendConfig, KeyedStateBackend, KeyGroupRange, create_backend
+from streamlet.connectors.base import Sink, SinkWriter
+from streamlet.elements import Record, Watermark
+from streamlet.functions import RuntimeContext
+from streamlet.metrics import JobMetrics
+from streamlet.outputs import Output
+
+
+@dataclass
+class OperatorContext:
+    """Who and where an operator instance is, and how it gets keyed state."""
+
+    job_name: str
+    operator_name: str
+    uid: str
+    subtask_index: int
+    parallelism: int
+    max_parallelism: int
+    backend_config: BackendConfig
+    metrics: JobMetrics
+
+    @property
+    def runtime(self) -> RuntimeContext:
+        return RuntimeContext(
+            self.job_name, self.operator_name, self.subtask_index, self.parallelism
+        )
+
+    @property
+    def key_group_range(self) -> KeyGroupRange:
+        return KeyGroupRange.of_subtask(self.max_parallelism, self.parallelism, self.subtask_index)
+
+    def create_keyed_backend(self, restore: dict[str, Any] | None) -> KeyedStateBackend:
+        backend = create_backend(
+            self.backend_config,
+            scope=f"{self.job_name}/{self.uid}/{self.subtask_index}",
+            key_group_range=self.key_group_range,
+            max_parallelism=self.max_parallelism,
+            restore=restore,
+        )
+        self.metrics.backends.append(backend)
+        return backend
+
+    def release_keyed_backend(self, backend: KeyedStateBackend) -> None:
+        self.metrics.backends.remove(backend)
+        backend.dispose()
+
+
+class Operator:
+    """Base of all operators; the defaults forward watermarks and keep no state."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.output: Output
+
+    def setup(self, context: OperatorContext, output: Output) -> None:
+        self.context = context
+        self.output = output
+
+    async def open(self, state: Any | None) -> None:
+        """Prepare to run; `state` is what `snapshot` returned in the restored checkpoint."""
+
+    def process(self, record: Record, input_index: int) -> None:
+        raise NotImplementedError
+
+    def process_watermark(self, watermark: Watermark) -> None:
+        self.output.watermark_everywhere(watermark)
+
+    def next_processing_timer(self) -> int | None:
+        """The earliest processing-time timer (epoch ms), if any."""
+        return None
+
+    def on_processing_time(self, now_ms: int) -> None:
+        """Fire the processing-time timers due at `now_ms`."""
+
+    async def drain(self) -> None:
+        """Called after each input batch."""
+
+    async def snapshot(self, checkpoint_id: int) -> Any | None:
+        return None
+
+    async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class MapOperator(Operator):
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name)
+        self._fn = fn
+
+    def process(self, record: Record, input_index: int) -> None:
+        self.output.collect(Record(self._fn(record.value), record.timestamp))
+
+
+class FilterOperator(Operator):
+    def __init__(self, name: str, predicate: Callable[[Any], Any]) -> None:
+        super().__init__(name)
+        self._predicate = predicate
+
+    def process(self, record: Record, input_index: int) -> None:
+        if self._predicate(record.value):
+            self.output.collect(record)
+
+
+class FlatMapOperator(Operator):
+    def __init__(self, name: str, fn: Callable[[Any], Iterable[Any] | None]) -> None:
+        super().__init__(name)
+        self._fn = fn
+
+    def process(self, record: Record, input_index: int) -> None:
+        results = self._fn(record.value)
+        if results is not None:
+            collect, timestamp = self.output.collect, record.timestamp
+            for value in results:
+                collect(Record(value, timestamp))
+
+
+class SinkOperator(Operator):
+    def __init__(self, name: str, sink: Sink) -> None:
+        super().__init__(name)
+        self._sink = sink
+        self._writer: SinkWriter | None = None
+
+    async def open(self, state: Any | None) -> None:
+        self._writer = self._sink.create_writer(self.context.runtime)
+        await self._writer.open(state)
+
+    def process(self, record: Record, input_index: int) -> None:
+        self._writer.write(record.value, record.timestamp)  # type: ignore[union-attr]
+        self.context.metrics.records_out += 1
+
+    async def drain(self) -> None:
+        await self._writer.drain()  # type: ignore[union-attr]
+
+    async def snapshot(self, checkpoint_id: int) -> Any | None:
+        return await self._writer.snapshot(checkpoint_id)  # type: ignore[union-attr]
+
+    async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        await self._writer.notify_checkpoint_complete(checkpoint_id)  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()

@@ -1,0 +1,278 @@
+"""Subtasks: one asyncio task runs one parallel instance of a chain of operators.
+
+A `SourceSubtask` reads batches from its `SourceReader`, assigns timestamps and watermarks, and
+pushes records through its chain; it starts checkpoints when the coordinator asks (recording the
+reader's position and emitting a barrier). An `OperatorSubtask` reads batches from its input gate
+(bounded channels), hands records to the head of its chain, fires processing-time timers, and
+snapshots its operators once barriers are aligned. Both flush their outputs into the downstream
+channels after every batch, so a slow consumer slows its producers (backpressure).
+"""
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+from streamlet.channels import InputGate
+from streamlet.connectors.base import SourceReader
+from streamlet.elements import (
+    END_OF_INPUT,
+    MAX_TIMESTAMP,
+    Barrier,
+    Element,
+    EndOfInput,
+    IdleStatus,
+    Record,
+    Watermark,
+)
+from streamlet.errors import OperatorError, StreamletError, describe_record
+from streamlet.metrics import JobMetrics
+from streamlet.operators import Operator
+from streamlet.outputs import Output, RecordWriter
+from streamlet.timers import processing_time_ms
+from streamlet.watermarks import WatermarkStrategy
+
+SubtaskStates = dict[str, Any]
+"""What one subtask contributes to a checkpoint: state per operator uid."""
+
+
+class CheckpointListener(Protocol):
+    def acknowledge(
+        self, checkpoint_id: int, subtask: "Subtask", states: SubtaskStates
+    ) -> None: ...
+
+    def source_finished(self, subtask: "SourceSubtask") -> None: ...
+
+
+class Subtask:
+    """What both kinds of subtask share: operators, writers, checkpoints, shutdown."""
+
+    def __init__(
+        self,
+        name: str,
+        index: int,
+        operators: list[tuple[str, Operator]],
+        writers: list[RecordWriter],
+        restored: dict[str, Any],
+        listener: CheckpointListener,
+        metrics: JobMetrics,
+    ) -> None:
+        self.name = name
+        self.index = index
+        self.operators = operators
+        self.writers = writers
+        self.restored = restored
+        self.listener = listener
+        self.metrics = metrics
+
+    async def _open_operators(self) -> None:
+        for uid, operator in self.operators:
+            await operator.open(self.restored.get(uid))
+
+    async def _close_operators(self) -> None:
+        for _, operator in self.operators:
+            await operator.close()
+
+    def _broadcast(self, element: Element) -> None:
+        for writer in self.writers:
+            writer.broadcast(element)
+
+    async def _after_batch(self) -> None:
+        for _, operator in self.operators:
+            await operator.drain()
+        for writer in self.writers:
+            await writer.flush()
+
+    async def _checkpoint(self, checkpoint_id: int, extra: SubtaskStates) -> None:
+        self._broadcast(Barrier(checkpoint_id))
+        await self._after_batch()
+        states = dict(extra)
+        for uid, operator in self.operators:
+            states[uid] = await operator.snapshot(checkpoint_id)
+        self.listener.acknowledge(checkpoint_id, self, states)
+
+    async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        for _, operator in self.operators:
+            await operator.notify_checkpoint_complete(checkpoint_id)
+
+    async def _end(self) -> None:
+        self._broadcast(END_OF_INPUT)
+        await self._after_batch()
+
+
+class SourceSubtask(Subtask):
+    def __init__(
+        self,
+        *args: Any,
+        uid: str,
+        source_name: str,
+        reader: SourceReader,
+        head: Output,
+        watermarks: WatermarkStrategy | None,
+        batch_size: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.uid = uid
+        self.source_name = source_name
+        self.reader = reader
+        self.head = head
+        self.generator = None if watermarks is None else watermarks.create_generator()
+        self.idle_timeout_ms = None if watermarks is None else watermarks.idle_timeout_ms
+        self.batch_size = batch_size
+        self._request: tuple[int, bool] | None = None
+        self._wake = asyncio.Event()
+        self._release = asyncio.Event()
+        self._idle = False
+
+    def trigger_checkpoint(self, checkpoint_id: int, final: bool) -> None:
+        """Take checkpoint `checkpoint_id` between two batches; after a final one, stop reading."""
+        self._request = (checkpoint_id, final)
+        self._wake.set()
+
+    def release(self) -> None:
+        """The final checkpoint is complete: send end-of-input downstream and finish."""
+        self._release.set()
+
+    async def run(self) -> None:
+        try:
+            await self._open_operators()
+            restored = self.restored.get(self.uid)
+            await self.reader.open(None if restored is None else restored["position"])
+            await self._read_until_final_checkpoint()
+            await self._release.wait()
+            await self._end()
+        finally:
+            await self.reader.close()
+            await self._close_operators()
+
+    async def _read_until_final_checkpoint(self) -> None:
+        if not self.reader.has_input:
+            self._set_idle(True)
+        last_record = time.monotonic()
+        watermark = None
+        reported_finished = False
+        while True:
+            if self._request is not None:
+                checkpoint_id, final = self._request
+                self._request = None
+                position = {"position": self.reader.position()}
+                await self._checkpoint(checkpoint_id, {self.uid: position})
+                if final:
+                    return
+                continue
+            if self.reader.finished:
+                if not reported_finished:
+                    reported_finished = True
+                    self._set_idle(False)  # so that consumers take the final watermark
+                    self.head.watermark_everywhere(Watermark(MAX_TIMESTAMP))
+                    await self._after_batch()
+                    self.listener.source_finished(self)
+                self._wake.clear()
+                if self._request is None:
+                    await self._wake.wait()
+                continue
+            values = await self.reader.read_batch(self.batch_size)
+            if values:
+                last_record = time.monotonic()
+                self._set_idle(False)
+                self._emit(values)
+                watermark = self._emit_watermark(watermark)
+            elif (
+                self.idle_timeout_ms is not None
+                and (time.monotonic() - last_record) * 1000 >= self.idle_timeout_ms
+            ):
+                self._set_idle(True)
+            await self._after_batch()
+
+    def _set_idle(self, idle: bool) -> None:
+        if idle != self._idle:
+            self._idle = idle
+            self._broadcast(IdleStatus(idle))
+
+    def _emit(self, values: list[Any]) -> None:
+        self.metrics.records_in += len(values)
+        collect, generator = self.head.collect, self.generator
+        for value in values:
+            try:
+                timestamp = None if generator is None else generator.on_event(value)
+                collect(Record(value, timestamp))
+            except StreamletError:
+                raise
+            except Exception as e:
+                raise OperatorError(self.source_name, describe_record(value), e) from e
+
+    def _emit_watermark(self, last: int | None) -> int | None:
+        if self.generator is None:
+            return last
+        current = self.generator.current_watermark()
+        if last is None or current > last:
+            self.head.watermark_everywhere(Watermark(current))
+            return current
+        return last
+
+
+class OperatorSubtask(Subtask):
+    def __init__(self, *args: Any, gate: InputGate, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = gate
+
+    async def run(self) -> None:
+        try:
+            await self._open_operators()
+            await self._process_until_end()
+            await self._end()
+        finally:
+            await self._close_operators()
+
+    async def _process_until_end(self) -> None:
+        gate = self.gate
+        head = self.operators[0][1]
+        process = head.process
+        while True:
+            got = await gate.next_batch(self._timer_timeout())
+            self._fire_processing_timers()
+            if got is None:
+                await self._after_batch()
+                continue
+            batch, channel = got
+            input_index = gate.input_index(channel)
+            ended = False
+            for element in batch:
+                if type(element) is Record:
+                    try:
+                        process(element, input_index)
+                    except StreamletError:
+                        raise
+                    except Exception as e:
+                        raise OperatorError(head.name, describe_record(element.value), e) from e
+                else:
+                    for event in gate.handle(channel, element):
+                        ended = await self._on_event(event) or ended
+            await self._after_batch()
+            if ended:
+                return
+
+    async def _on_event(self, event: Element) -> bool:
+        """Handle what the gate reports; True at the end of all inputs."""
+        if type(event) is Watermark:
+            self.operators[0][1].process_watermark(event)
+        elif type(event) is Barrier:
+            await self._checkpoint(event.checkpoint_id, {})
+        elif type(event) is IdleStatus:
+            self._broadcast(event)
+        elif isinstance(event, EndOfInput):
+            return True
+        return False
+
+    def _timer_timeout(self) -> float | None:
+        due = [t for _, op in self.operators if (t := op.next_processing_timer()) is not None]
+        if not due:
+            return None
+        return max(0.0, (min(due) - processing_time_ms()) / 1000)
+
+    def _fire_processing_timers(self) -> None:
+        now = processing_time_ms()
+        for _, operator in self.operators:
+            due = operator.next_processing_timer()
+            if due is not None and due <= now:
+                operator.on_processing_time(now)

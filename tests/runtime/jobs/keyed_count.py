@@ -1,0 +1,43 @@
+"""A test job: generated words counted per key, every updated count written once to a FileSink.
+
+Configured by environment variables: KEYED_COUNT_OUTPUT (the sink's directory), KEYED_COUNT_RECORDS,
+KEYED_COUNT_RATE (records per second) and KEYED_COUNT_POISON (a record index whose word makes the
+counting operator raise; -1 for none).
+"""
+
+import os
+import random
+
+from statebackend import ValueStateDescriptor
+from streamlet import Job, KeyedProcessFunction
+from streamlet.connectors import DataGeneratorSource, FileSink
+
+WORDS = [f"w{i}" for i in range(50)]
+RECORDS = int(os.environ.get("KEYED_COUNT_RECORDS", "20000"))
+RATE = float(os.environ.get("KEYED_COUNT_RATE", "4000"))
+POISON = int(os.environ.get("KEYED_COUNT_POISON", "-1"))
+
+
+def word(index: int, rng: random.Random) -> str:
+    return "poison" if index == POISON else rng.choice(WORDS)
+
+
+class Count(KeyedProcessFunction):
+    COUNT = ValueStateDescriptor("count", default=0)
+
+    def process_element(self, value, ctx):
+        if value == "poison":
+            raise ValueError("cannot count poison")
+        count = ctx.state(self.COUNT)
+        count.update(count.value() + 1)
+        yield f"{ctx.key} {count.value()}"
+
+
+WORDS_SOURCE = DataGeneratorSource(word, rate=RATE, count=RECORDS, seed=3)
+job = Job("keyed-count")
+(
+    job.source(WORDS_SOURCE, name="words")
+    .key_by(lambda w: w)
+    .process(Count(), name="count")
+    .sink(FileSink(os.environ.get("KEYED_COUNT_OUTPUT", "keyed-count-output")), name="files")
+)

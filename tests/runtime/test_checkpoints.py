@@ -1,0 +1,216 @@
+"""Checkpoints in one process: metadata on the DFS, retention, stop-and-resume, restarts."""
+
+import asyncio
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from streamlet import AggregateFunction, Job, TumblingEventTimeWindows, WatermarkStrategy
+from streamlet.checkpoint import CheckpointStorage
+from streamlet.connectors import DataGeneratorSource
+from streamlet.errors import CheckpointError, OperatorError
+from streamlet.executor import execute_job
+from streamlet.metrics import JobMetrics
+from tests.runtime.support import CollectSink, local_config
+
+KEYS = [f"k{i}" for i in range(20)]
+
+
+def key_of(index: int, rng: random.Random) -> str:
+    return rng.choice(KEYS)
+
+
+def expected(count: int) -> Counter:
+    source = DataGeneratorSource(key_of, seed=9)
+    return Counter(source.record(i) for i in range(count))
+
+
+def counting_job(name: str, sink: CollectSink, count: int, rate: float | None = None) -> Job:
+    job = Job(name)
+    (
+        job.source(DataGeneratorSource(key_of, rate=rate, count=count, seed=9), name="keys")
+        .map(lambda k: (k, 1), name="pair")
+        .key_by(lambda p: p[0])
+        .reduce(lambda a, b: (a[0], a[1] + b[1]), name="count")
+        .uid("counter")
+        .sink(sink, name="collect")
+    )
+    return job
+
+
+def final_counts(sink: CollectSink) -> dict[str, int]:
+    final: dict[str, int] = {}
+    for key, count in sink.values:
+        final[key] = max(count, final.get(key, 0))
+    return final
+
+
+async def test_metadata_holds_source_positions_and_state_handles(tmp_path: Path) -> None:
+    sink = CollectSink()
+    config = local_config(tmp_path, **{"checkpoint.interval": "50ms", "checkpoint.retained": 2})
+    job = counting_job("metadata", sink, count=3000, rate=20_000)
+    result = await execute_job(job, config, parallelism=2)
+    storage = CheckpointStorage(config["checkpoint.dir"], "metadata", {})
+    ids = storage.checkpoint_ids()
+    assert len(ids) == 2 and ids[0] == result.checkpoints
+    metadata = storage.latest()
+    assert metadata is not None and metadata["checkpoint_id"] == ids[0]
+    operators = metadata["operators"]
+    assert [s["position"] for s in operators["1-keys"]["subtasks"]] == [1500, 1500]
+    handles = operators["counter"]["subtasks"]
+    assert [h["backend"]["scope"] for h in handles] == ["metadata/counter/0", "metadata/counter/1"]
+    assert handles[0]["backend"]["key_groups"] == [0, 63]
+
+
+async def test_torn_metadata_is_skipped_when_looking_for_the_latest(tmp_path: Path) -> None:
+    sink = CollectSink()
+    config = local_config(tmp_path)
+    await execute_job(counting_job("torn", sink, count=100), config)
+    storage = CheckpointStorage(config["checkpoint.dir"], "torn", {})
+    good = storage.checkpoint_ids()[0]
+    fs = fsspec.filesystem("file")
+    fs.makedirs(storage.path(good + 1))
+    fs.pipe_file(f"{storage.path(good + 1)}/_metadata", b'{"format": 1, "checkp')
+    assert storage.latest()["checkpoint_id"] == good  # type: ignore[index]
+
+
+async def test_stop_takes_a_final_checkpoint_and_a_rerun_continues_exactly(
+    tmp_path: Path,
+) -> None:
+    count = 4000
+    config = local_config(tmp_path, **{"checkpoint.interval": "100ms", "state.backend": "rocksdb"})
+    sink = CollectSink()
+    stop = asyncio.Event()
+    metrics = JobMetrics()
+    run = asyncio.create_task(
+        execute_job(
+            counting_job("stop", sink, count, rate=8000), config, stop=stop, metrics=metrics
+        )
+    )
+    while metrics.records_in < count // 4:
+        await asyncio.sleep(0.01)
+    stop.set()
+    first = await run
+    assert 0 < first.records_in < count
+    second = await execute_job(counting_job("stop", sink, count), config)
+    assert second.restored_checkpoint == first.checkpoints
+    assert first.records_in + second.records_in == count
+    assert final_counts(sink) == dict(expected(count))
+    assert len(sink.values) == count  # the collecting sink saw every update once
+
+
+async def test_restart_strategy_restores_the_latest_checkpoint(tmp_path: Path) -> None:
+    count = 3000
+    failures = []
+    seen = Counter[str]()
+
+    def fail_once(pair: tuple[str, int]) -> tuple[str, int]:
+        seen["records"] += 1
+        if not failures and seen["records"] > count // 2:
+            failures.append(pair)
+            raise RuntimeError("transient")
+        return pair
+
+    sink = CollectSink()
+
+    job = Job("restarts")
+    (
+        job.source(DataGeneratorSource(key_of, rate=10_000, count=count, seed=9), name="keys")
+        .map(lambda k: (k, 1))
+        .map(fail_once, name="flaky")
+        .key_by(lambda p: p[0])
+        .reduce(lambda a, b: (a[0], a[1] + b[1]))
+        .sink(sink)
+    )
+    config = local_config(
+        tmp_path,
+        **{"checkpoint.interval": "50ms", "restart.attempts": 1, "restart.delay": "10ms"},
+    )
+    result = await execute_job(job, config, parallelism=2)
+    assert result.restarts == 1 and failures
+    assert final_counts(sink) == dict(expected(count))
+
+
+async def test_a_failure_beyond_the_restart_attempts_is_raised(tmp_path: Path) -> None:
+    job = Job("always-fails")
+    (
+        job.source(DataGeneratorSource(key_of, count=10, seed=9))
+        .map(lambda k: 1 / 0, name="divide")
+        .sink(CollectSink())
+    )
+    config = local_config(tmp_path, **{"restart.attempts": 2, "restart.delay": "1ms"})
+    with pytest.raises(OperatorError, match="operator 'divide' failed at .* on record 'k"):
+        await execute_job(job, config)
+
+
+async def test_restoring_with_another_parallelism_is_refused(tmp_path: Path) -> None:
+    config = local_config(tmp_path)
+    await execute_job(counting_job("rescale", CollectSink(), 10), config, parallelism=2)
+    with pytest.raises(CheckpointError, match="parallelism 2, not 3"):
+        await execute_job(counting_job("rescale", CollectSink(), 10), config, parallelism=3)
+
+
+async def test_checkpoints_on_s3(tmp_path: Path, s3_bucket) -> None:
+    config = {
+        "checkpoint.dir": s3_bucket.path("chk"),
+        "state.dir": s3_bucket.path("state"),
+        "dfs.storage-options": json.dumps(s3_bucket.storage_options),
+        "checkpoint.interval": 0,
+    }
+    sink = CollectSink()
+    await execute_job(counting_job("on-s3", sink, 500), config)
+    rerun = await execute_job(counting_job("on-s3", sink, 500), config)
+    assert rerun.restored_checkpoint == 1 and rerun.records_in == 0
+    assert final_counts(sink) == dict(expected(500))
+
+
+async def test_windows_and_timers_survive_a_stop_and_restore(tmp_path: Path) -> None:
+    count = 6000
+
+    def windowed_job(sink: CollectSink) -> Job:
+        job = Job("windows-restore")
+        source = DataGeneratorSource(lambda i, rng: (rng.choice(KEYS), i), rate=12_000, count=count)
+        (
+            job.source(source, watermarks=WatermarkStrategy.monotonous_timestamps(lambda r: r[1]))
+            .key_by(lambda r: r[0])
+            .window(TumblingEventTimeWindows(500))
+            .aggregate(CountRecords())
+            .set_parallelism(2)
+            .sink(sink)
+        )
+        return job
+
+    config = local_config(tmp_path, **{"checkpoint.interval": "50ms", "state.backend": "rocksdb"})
+    sink = CollectSink(timestamps=True)
+    stop = asyncio.Event()
+    metrics = JobMetrics()
+    run = asyncio.create_task(execute_job(windowed_job(sink), config, stop=stop, metrics=metrics))
+    while metrics.records_in < count // 3:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await run
+    before_restore = len(sink.values)
+    await execute_job(windowed_job(sink), config)
+    source = DataGeneratorSource(lambda i, rng: (rng.choice(KEYS), i))
+    records = [source.record(i) for i in range(count)]
+    windows = Counter((key, ts // 500 * 500 + 499) for key, ts in records)
+    assert 0 < before_restore < len(windows)
+    assert sorted(sink.values) == sorted((n, end) for (_, end), n in windows.items())
+
+
+class CountRecords(AggregateFunction):
+    def create_accumulator(self) -> int:
+        return 0
+
+    def add(self, value: object, accumulator: int) -> int:
+        return accumulator + 1
+
+    def get_result(self, accumulator: int) -> int:
+        return accumulator
+
+    def merge(self, a: int, b: int) -> int:
+        return a + b
