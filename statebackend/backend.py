@@ -15,7 +15,7 @@ iterates the keys of a state, and snapshots to / restores from a small `StateHan
 >>> backend.dispose()
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,6 +248,13 @@ class KeyedStateBackend:
             states=dict(self._metas),
             store=self.store.snapshot(checkpoint_id),
         )
+
+    def release(self, handle: StateHandle, retained: Sequence[StateHandle]) -> None:
+        """Give up a snapshot that is no longer retained, deleting what only it references.
+
+        Files that a `retained` snapshot or the live backend still use stay. Idempotent.
+        """
+        self.store.release(handle.store, [kept.store for kept in retained])
 
     def dispose(self) -> None:
         """Release resources and local files; checkpoint files stay for later restores."""

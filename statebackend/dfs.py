@@ -79,6 +79,15 @@ def download_verified(ref: FileRef, local_path: str, storage_options: Mapping[st
     _verify(ref, os.path.getsize(local_path), _file_checksum(local_path))
 
 
+def delete_file(url: str, storage_options: Mapping[str, Any]) -> None:
+    """Delete one checkpoint file; a file that is already gone is fine."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+
+
 def _verify(ref: FileRef, size: int, checksum: str) -> None:
     if size != ref.size or checksum != ref.checksum:
         raise CorruptCheckpointError(

@@ -5,7 +5,7 @@ zstd-compressed, to `checkpoint_dir/scope/chk-<id>/` with its size and checksum 
 """
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import msgpack
 import zstandard
@@ -43,6 +43,11 @@ class MemoryStore:
         )
         ref = dfs.write_bytes(url, zstandard.compress(body), self._context.storage_options)
         return {"file": ref.to_dict(), "entries": len(self._data)}
+
+    def release(self, handle: StoreHandle, retained: Sequence[StoreHandle]) -> None:
+        path = handle["file"]["path"]
+        if all(kept["file"]["path"] != path for kept in retained):
+            dfs.delete_file(path, self._context.storage_options)
 
     def dispose(self) -> None:
         self._data.clear()

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from rocksdict import (
@@ -84,6 +84,8 @@ class RocksDBStore:
             files = [self._upload(local, name, checkpoint_id) for name in sorted(os.listdir(local))]
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        # Only SSTs of this checkpoint can be shared by the next one: forget the compacted-away.
+        self._uploaded = {name: ref for name, ref in files if name.endswith(".sst")}
         return {"files": [{"name": name, **ref.to_dict()} for name, ref in files]}
 
     def _upload(self, directory: str, name: str, checkpoint_id: int) -> tuple[str, dfs.FileRef]:
@@ -104,9 +106,12 @@ class RocksDBStore:
     def _options(self) -> Mapping[str, Any]:
         return self._context.storage_options
 
-    @property
-    def uploaded_files(self) -> int:
-        return len(self._uploaded)
+    def release(self, handle: StoreHandle, retained: Sequence[StoreHandle]) -> None:
+        in_use = {ref.path for ref in list(self._uploaded.values())}
+        in_use.update(f["path"] for kept in retained for f in kept["files"])
+        for file in handle["files"]:
+            if file["path"] not in in_use:
+                dfs.delete_file(file["path"], self._options)
 
     def dispose(self) -> None:
         self._db.close()

@@ -5,7 +5,7 @@ store handle. Every state type is implemented once, on top of this interface (`s
 so a backend only has to be a correct ordered byte store with snapshots.
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,6 +50,14 @@ class KvStore(Protocol):
 
     def snapshot(self, checkpoint_id: int) -> StoreHandle:
         """Persist the current contents to checkpoint storage; return a handle to restore them."""
+        ...
+
+    def release(self, handle: StoreHandle, retained: Sequence[StoreHandle]) -> None:
+        """Give up the snapshot `handle`: a checkpoint that is no longer retained.
+
+        Deletes what only `handle` references; whatever a `retained` snapshot or the live store
+        still uses stays. Idempotent; may be called from another thread than the writer's.
+        """
         ...
 
     def dispose(self) -> None:

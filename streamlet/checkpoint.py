@@ -78,15 +78,28 @@ class CheckpointStorage:
                 return metadata
         return None
 
-    def retain(self, count: int) -> None:
-        """Delete every checkpoint older than the newest `count` complete ones."""
-        kept = 0
+    def retention(self, count: int) -> tuple[list[int], list[dict], list[dict]]:
+        """What keeping the newest `count` complete checkpoints means, newest first:
+        (ids of the checkpoints to delete, metadata of the complete ones among them, metadata of
+        the kept ones). Incomplete checkpoints older than the newest kept one are deleted too.
+        """
+        dropped_ids: list[int] = []
+        dropped: list[dict] = []
+        kept: list[dict] = []
         for checkpoint_id in self.checkpoint_ids():
-            if kept >= count:
-                self.fs.rm(self.path(checkpoint_id), recursive=True)
-            elif self.read(checkpoint_id) is not None:
-                kept += 1
+            metadata = self.read(checkpoint_id)
+            if len(kept) < count:
+                if metadata is not None:
+                    kept.append(metadata)
+            else:
+                dropped_ids.append(checkpoint_id)
+                if metadata is not None:
+                    dropped.append(metadata)
+        return dropped_ids, dropped, kept
 
+    def delete(self, checkpoint_ids: list[int]) -> None:
+        for checkpoint_id in checkpoint_ids:
+            self.fs.rm(self.path(checkpoint_id), recursive=True)
 
 def restored_states(metadata: Mapping[str, Any], parallelism: Mapping[str, int]) -> dict:
     """`{uid: {subtask index: state}}` from checkpoint metadata, checking the parallelism."""
@@ -178,8 +191,19 @@ class CheckpointCoordinator:
             )
             for subtask in self.subtasks:
                 await subtask.notify_checkpoint_complete(checkpoint_id)
-            await asyncio.to_thread(self.storage.retain, self.retained)
+            await self._apply_retention()
             return checkpoint_id
+
+    async def _apply_retention(self) -> None:
+        """Release the state of checkpoints beyond the retained count, then delete them."""
+        dropped_ids, dropped, kept = await asyncio.to_thread(
+            self.storage.retention, self.retained
+        )
+        if not dropped_ids:
+            return
+        for subtask in self.subtasks:
+            await subtask.release_checkpoints(dropped, kept)
+        await asyncio.to_thread(self.storage.delete, dropped_ids)
 
     async def run_periodically(self, interval_ms: int, stop: asyncio.Event) -> None:
         """Checkpoint every `interval_ms` until `stop` is set (finishing a checkpoint in flight)."""

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from statebackend import AggregatingStateDescriptor, ValueStateDescriptor
+from statebackend import AggregatingStateDescriptor, StateHandle, ValueStateDescriptor
 from streamlet.elements import Record, Watermark
 from streamlet.errors import OperatorError, StreamletError
 from streamlet.functions import AggregateFunction, KeyedProcessFunction, OutputTag
@@ -75,6 +75,15 @@ class KeyedOperator(Operator):
     async def snapshot(self, checkpoint_id: int) -> Any | None:
         handle = await asyncio.to_thread(self.backend.snapshot, checkpoint_id)
         return {"backend": handle.to_dict()}
+
+    async def release_checkpoints(self, dropped: list[Any], retained: list[Any]) -> None:
+        mine = self.backend.backend_name
+        kept = [StateHandle.from_dict(state["backend"]) for state in retained]
+        kept = [handle for handle in kept if handle.backend == mine]
+        for state in dropped:
+            handle = StateHandle.from_dict(state["backend"])
+            if handle.backend == mine:
+                await asyncio.to_thread(self.backend.release, handle, kept)
 
     async def close(self) -> None:
         backend = getattr(self, "backend", None)

@@ -93,6 +93,12 @@ class Operator:
     async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
         pass
 
+    async def release_checkpoints(self, dropped: list[Any], retained: list[Any]) -> None:
+        """Give up this operator's state in checkpoints that are no longer retained.
+
+        `dropped` and `retained` hold what `snapshot` returned in those checkpoints.
+        """
+
     async def close(self) -> None:
         pass
 

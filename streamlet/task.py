@@ -94,6 +94,22 @@ class Subtask:
         for _, operator in self.operators:
             await operator.notify_checkpoint_complete(checkpoint_id)
 
+    async def release_checkpoints(self, dropped: list[dict], kept: list[dict]) -> None:
+        """Let each operator release its state in the `dropped` checkpoints' metadata."""
+        for uid, operator in self.operators:
+            await operator.release_checkpoints(
+                self._states_in(uid, dropped), self._states_in(uid, kept)
+            )
+
+    def _states_in(self, uid: str, checkpoints: list[dict]) -> list[Any]:
+        """This subtask's state of operator `uid` in each checkpoint that has one."""
+        states = []
+        for metadata in checkpoints:
+            subtasks = metadata["operators"].get(uid, {}).get("subtasks", [])
+            if self.index < len(subtasks) and subtasks[self.index] is not None:
+                states.append(subtasks[self.index])
+        return states
+
     async def _end(self) -> None:
         self._broadcast(END_OF_INPUT)
         await self._after_batch()

@@ -214,3 +214,58 @@ class CountRecords(AggregateFunction):
 
     def merge(self, a: int, b: int) -> int:
         return a + b
+
+
+def _state_files(root: Path) -> set[str]:
+    return {path.as_uri() for path in root.rglob("*") if path.is_file()}
+
+
+def _referenced_files(storage: CheckpointStorage) -> set[str]:
+    referenced: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "path" in node and "checksum" in node:
+                referenced.add(node["path"])
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    for checkpoint_id in storage.checkpoint_ids():
+        walk(storage.read(checkpoint_id))
+    return referenced
+
+
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+async def test_state_of_dropped_checkpoints_is_released(tmp_path: Path, backend: str) -> None:
+    count = 6000
+    config = local_config(
+        tmp_path,
+        **{"checkpoint.interval": "30ms", "checkpoint.retained": 2, "state.backend": backend},
+    )
+    stop = asyncio.Event()
+    metrics = JobMetrics()
+    sink = CollectSink()
+    run = asyncio.create_task(
+        execute_job(
+            counting_job("retain", sink, count, rate=20_000), config, stop=stop, metrics=metrics
+        )
+    )
+    while metrics.checkpoints < 4:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await run
+    storage = CheckpointStorage(config["checkpoint.dir"], "retain", {})
+    assert len(storage.checkpoint_ids()) == 2
+    state_root = tmp_path / "state" / "retain"
+    assert _state_files(state_root) == _referenced_files(storage)
+    # A rerun restores the latest checkpoint, and releases the state of the checkpoints the
+    # first run left behind once they fall out of retention.
+    first_ids = storage.checkpoint_ids()
+    second = await execute_job(counting_job("retain", sink, count), config)
+    assert second.restored_checkpoint == first_ids[0]
+    assert storage.checkpoint_ids()[1:] == first_ids[:1]  # the older one left by the first run
+    assert final_counts(sink) == dict(expected(count))
+    assert _state_files(state_root) == _referenced_files(storage)
