@@ -21,6 +21,7 @@ from statebackend.ttl import Clock, system_clock
 _BUILT_IN = {
     "memory": "statebackend.memory:MemoryStoreFactory",
     "rocksdb": "statebackend.rocksdb:RocksDBStoreFactory",
+    "lsm": "statebackend.lsm.backend:LsmStoreFactory",
 }
 _registered: dict[str, StoreFactory] = {}
 

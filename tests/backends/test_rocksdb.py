@@ -49,3 +49,24 @@ def test_restored_backend_keeps_sharing_uploaded_ssts(tmp_path) -> None:
     for name, path in _sst_paths(handle).items():
         assert after[name] == path
     restored.dispose()
+
+
+def test_release_deletes_the_files_only_a_dropped_checkpoint_used(tmp_path) -> None:
+    config = BackendConfig(
+        "rocksdb", checkpoint_dir=f"file://{tmp_path}/chk", local_dir=str(tmp_path / "local")
+    )
+    backend = create_backend(config, scope="op/0")
+    state = backend.get_state(ValueStateDescriptor("v"))
+    handles = []
+    for round_ in range(3):
+        for i in range(300):
+            backend.set_current_key(i)
+            state.update((round_, i))
+        handles.append(backend.snapshot(round_ + 1))
+    first, *retained = handles
+    backend.release(first, retained)
+    kept = {f["path"] for handle in retained for f in handle.store["files"]}
+    for file in first.store["files"]:
+        fs, path = filesystem(file["path"], {})
+        assert fs.exists(path) == (file["path"] in kept), file["name"]
+    backend.dispose()

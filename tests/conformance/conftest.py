@@ -1,8 +1,9 @@
 """Fixtures of the backend conformance suite: every test runs against every backend.
 
-A new backend joins the suite by adding its name to `BACKENDS`.
+A new backend joins the suite by adding a variant to `VARIANTS`.
 """
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,7 +11,17 @@ import pytest
 
 from statebackend import BackendConfig, KeyedStateBackend, KeyGroupRange, create_backend
 
-BACKENDS = ["memory", "rocksdb"]
+# (backend, where its checkpoint_dir lives): every backend on local files, and the disaggregated
+# `lsm` also on an in-process file system and on S3 (the moto server), where its tables live.
+VARIANTS = {
+    "memory": ("memory", "file"),
+    "rocksdb": ("rocksdb", "file"),
+    "lsm": ("lsm", "file"),
+    "lsm-memfs": ("lsm", "memory"),
+    "lsm-s3": ("lsm", "s3"),
+}
+# Variants whose checkpoints another process can read.
+PERSISTENT_VARIANTS = [name for name, (_, storage) in VARIANTS.items() if storage != "memory"]
 
 
 class ManualClock:
@@ -26,18 +37,33 @@ class ManualClock:
         self.now_ms += ms
 
 
-@pytest.fixture(params=BACKENDS)
-def backend_name(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(params=list(VARIANTS))
+def variant(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
 @pytest.fixture
-def config(backend_name: str, tmp_path: Any) -> BackendConfig:
-    return BackendConfig(
-        backend_name,
-        checkpoint_dir=f"file://{tmp_path}/checkpoints",
-        local_dir=str(tmp_path / "local"),
-    )
+def backend_name(variant: str) -> str:
+    return VARIANTS[variant][0]
+
+
+@pytest.fixture
+def config(variant: str, request: pytest.FixtureRequest, tmp_path: Any) -> BackendConfig:
+    name, storage = VARIANTS[variant]
+    local_dir = str(tmp_path / "local")
+    if storage == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        return BackendConfig(
+            name,
+            checkpoint_dir=bucket.path("checkpoints"),
+            local_dir=local_dir,
+            storage_options=bucket.storage_options,
+        )
+    if storage == "memory":
+        return BackendConfig(
+            name, checkpoint_dir=f"memory://{uuid.uuid4().hex}/checkpoints", local_dir=local_dir
+        )
+    return BackendConfig(name, checkpoint_dir=f"file://{tmp_path}/checkpoints", local_dir=local_dir)
 
 
 @pytest.fixture

@@ -69,23 +69,23 @@ def test_descriptor_of_another_type_under_existing_name(open_backend, backend) -
         restored.get_state(MapStateDescriptor("s"))
 
 
-def test_restore_from_missing_file(open_backend, backend: KeyedStateBackend) -> None:
+def test_restore_from_missing_file(open_backend, backend: KeyedStateBackend, config) -> None:
     backend.set_current_key("k")
     backend.get_state(ValueStateDescriptor("v")).update(1)
     handle = backend.snapshot(1).to_dict()
     path = checkpoint_files(handle)[-1]
-    fs, local = filesystem(path, {})
+    fs, local = filesystem(path, config.storage_options)
     fs.rm(local)
     with pytest.raises(MissingCheckpointDataError, match="missing"):
         open_backend(restore=handle)
 
 
-def test_restore_from_corrupted_file(open_backend, backend: KeyedStateBackend) -> None:
+def test_restore_from_corrupted_file(open_backend, backend: KeyedStateBackend, config) -> None:
     backend.set_current_key("k")
     backend.get_state(ValueStateDescriptor("v")).update("x" * 1000)
     handle = backend.snapshot(1).to_dict()
     for path in checkpoint_files(handle):
-        fs, local = filesystem(path, {})
+        fs, local = filesystem(path, config.storage_options)
         data = bytearray(fs.cat_file(local))
         if data:
             data[len(data) // 2] ^= 0xFF
@@ -118,4 +118,3 @@ def test_restore_from_malformed_handle(open_backend, backend, mutate, message) -
 def test_restore_from_garbage(open_backend) -> None:
     with pytest.raises(InvalidHandleError):
         open_backend(restore=["not", "a", "handle"])
-

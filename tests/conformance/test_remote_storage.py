@@ -6,6 +6,9 @@ from statebackend import BackendConfig, CorruptCheckpointError, MapStateDescript
 from statebackend.dfs import filesystem
 from tests.conformance.conftest import checkpoint_files
 
+# Every backend's snapshots on S3 (the `lsm-s3` variant also runs the whole suite there).
+pytestmark = pytest.mark.parametrize("variant", ["memory", "rocksdb", "lsm"], indirect=True)
+
 
 @pytest.fixture
 def s3_config(backend_name: str, s3_bucket, tmp_path) -> BackendConfig:

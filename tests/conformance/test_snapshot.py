@@ -5,12 +5,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from statebackend import (
     KeyedStateBackend,
     ListStateDescriptor,
     MapStateDescriptor,
     ValueStateDescriptor,
 )
+from tests.conformance.conftest import PERSISTENT_VARIANTS
 
 MiB = 1 << 20
 
@@ -76,6 +79,7 @@ def test_successive_snapshots_each_restore_their_own_state(open_backend, backend
         assert restored_state.value() == (checkpoint, 7)
 
 
+@pytest.mark.parametrize("variant", PERSISTENT_VARIANTS, indirect=True)
 def test_restore_in_a_fresh_process(backend: KeyedStateBackend, config, tmp_path) -> None:
     _fill(backend, "first")
     expected = {k: list(map(_jsonable, v)) for k, v in _read(backend).items()}
@@ -86,7 +90,8 @@ import json, sys
 from statebackend import BackendConfig, create_backend
 from tests.conformance.test_snapshot import _read, _jsonable
 config = BackendConfig({config.name!r}, checkpoint_dir={config.checkpoint_dir!r},
-                       local_dir={str(tmp_path / "other-local")!r})
+                       local_dir={str(tmp_path / "other-local")!r},
+                       storage_options={dict(config.storage_options)!r})
 backend = create_backend(config, scope="op/0", restore=json.load(sys.stdin))
 print(json.dumps({{k: list(map(_jsonable, v)) for k, v in _read(backend).items()}}))
 backend.dispose()

@@ -1,0 +1,176 @@
+"""The `lsm` state backend: `LsmStoreFactory` opens an `LsmDB` per operator subtask as a `KvStore`.
+
+- DB root: `context.checkpoint_dir/context.scope/db`, unless the option `lsm.root` overrides it.
+  The DB's files live there for good: checkpoints pin manifest versions instead of copying files.
+- snapshot(checkpoint_id): flush, then pin the committed version. The handle is
+  `{backend, format, db_root, manifest: FileRef dict (path, size, xxh3), epoch, checkpoint_id,
+  key_groups}`. A pin stays until the runtime releases the checkpoint (`release`), when it falls
+  out of retention; the garbage collector then deletes what only that checkpoint referenced.
+- restore: verify the pinned manifest against the handle (missing: MissingCheckpointDataError,
+  damaged: CorruptCheckpointError, malformed handle: InvalidHandleError), then open the handle's
+  root at that manifest with a new epoch (fencing any older writer). Tables are read lazily, so
+  restore time does not grow with the state size.
+
+Options (`context.options`, all optional, strings are converted, the `lsm.` prefix optional):
+`lsm.<field>` for every field of `LsmOptions` (e.g. `lsm.memtable_bytes`, `lsm.block_cache_bytes`,
+`lsm.file_cache_bytes`, `lsm.gc_grace_s`), `lsm.block_size`, `lsm.bloom_bits_per_key`,
+`lsm.compression`, `lsm.compression_level` (table options) and `lsm.root`. The file cache
+lives below `context.local_dir/context.scope` unless `lsm.local_dir` is given.
+"""
+
+import dataclasses
+import os
+import posixpath
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from statebackend.dfs import FileRef, join, read_verified
+from statebackend.errors import InvalidHandleError
+from statebackend.lsm.compactor import Compactor
+from statebackend.lsm.db import LsmDB, LsmOptions
+from statebackend.lsm.manifest import SUFFIX
+from statebackend.lsm.table import TableOptions
+from statebackend.store import StoreContext, StoreHandle
+
+NAME = "lsm"
+HANDLE_FORMAT = 1
+PREFIX = "lsm."
+
+
+class LsmStore:
+    """A KvStore over one LsmDB; scans are point-in-time (see LsmDB.scan)."""
+
+    def __init__(self, db: LsmDB, context: StoreContext, local_dir: str) -> None:
+        self.db = db
+        self._context = context
+        self._local_dir = local_dir
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.db.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.db.put(key, value)
+
+    def delete(self, key: bytes) -> None:
+        self.db.delete(key)
+
+    def scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self.db.scan(start, end)
+
+    def snapshot(self, checkpoint_id: int) -> StoreHandle:
+        manifest = self.db.checkpoint(checkpoint_id)
+        kg = self._context.key_group_range
+        return {
+            "backend": NAME,
+            "format": HANDLE_FORMAT,
+            "db_root": self.db.root,
+            "manifest": manifest.to_dict(),
+            "epoch": self.db.epoch,
+            "checkpoint_id": checkpoint_id,
+            "key_groups": [kg.start, kg.end],
+        }
+
+    def release(self, handle: StoreHandle, retained: Sequence[StoreHandle]) -> None:
+        """Unpin a checkpoint that is no longer retained (the retained ones keep their pins)."""
+        if handle.get("db_root") == self.db.root:
+            self.db.release_checkpoint(int(handle["checkpoint_id"]))
+
+    def dispose(self) -> None:
+        self.db.close()
+        shutil.rmtree(self._local_dir, ignore_errors=True)
+
+
+class LsmStoreFactory:
+    """Opens LsmDB stores. `compactor` (e.g. the remote one) is shared by every DB it opens."""
+
+    name = NAME
+
+    def __init__(self, compactor: Compactor | None = None) -> None:
+        self.compactor = compactor
+
+    def open(self, context: StoreContext, restore: StoreHandle | None) -> LsmStore:
+        # Plain names of LSM options are taken too; other plain names belong to other layers,
+        # while an unknown `lsm.` name is a typo (parse_options rejects it).
+        raw = {
+            k.removeprefix(PREFIX): v
+            for k, v in context.options.items()
+            if k.startswith(PREFIX) or k in _option_names()
+        }
+        root = str(raw.pop("root", join(context.checkpoint_dir, context.scope, "db")))
+        local_dir = os.path.join(context.local_dir, context.scope)
+        raw.setdefault("local_dir", local_dir)
+        options = parse_options(raw)
+        if restore is None:
+            db = LsmDB(root, options, context.storage_options, self.compactor, fresh=True)
+        else:
+            root, number = _check_handle(restore, context)
+            db = LsmDB(root, options, context.storage_options, self.compactor, number)
+        return LsmStore(db, context, local_dir)
+
+
+def _option_names() -> set[str]:
+    fields = [*dataclasses.fields(TableOptions), *dataclasses.fields(LsmOptions)]
+    return {f.name for f in fields} - {"table"} | {"root"}
+
+
+def parse_options(raw: Mapping[str, Any]) -> LsmOptions:
+    """LsmOptions from option names without the `lsm.` prefix; unknown names are an error."""
+    table_fields = {f.name: f for f in dataclasses.fields(TableOptions)}
+    db_fields = {f.name: f for f in dataclasses.fields(LsmOptions) if f.name != "table"}
+    table: dict[str, Any] = {}
+    db: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in table_fields:
+            table[key] = _convert(key, value, table_fields[key].type)
+        elif key in db_fields:
+            db[key] = _convert(key, value, db_fields[key].type)
+        else:
+            raise ValueError(f"unknown LSM option {PREFIX}{key}")
+    return LsmOptions(table=TableOptions(**table), **db)
+
+
+def _convert(key: str, value: Any, kind: Any) -> Any:
+    if value is None or kind in ("str | None", str | None):
+        return value
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(value, str):
+                return {"true": True, "false": False}[value.lower()]
+            return bool(value)
+        if kind in (int, "int"):
+            return int(value)
+        if kind in (float, "float"):
+            return float(value)
+        return str(value)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"LSM option {PREFIX}{key}: cannot use {value!r}") from e
+
+
+def _check_handle(handle: StoreHandle, context: StoreContext) -> tuple[str, int]:
+    """The DB root and pinned manifest number of a verified handle."""
+    if not isinstance(handle, Mapping) or handle.get("backend") != NAME:
+        raise InvalidHandleError(f"malformed {NAME} store handle (not of {NAME}): {handle!r:.200}")
+    if handle.get("format") != HANDLE_FORMAT:
+        raise InvalidHandleError(f"{NAME} handle of unknown format {handle.get('format')!r}")
+    root, kg = handle.get("db_root"), handle.get("key_groups")
+    try:
+        ref = FileRef.from_dict(handle["manifest"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidHandleError(f"malformed {NAME} store handle: {handle!r:.200}") from e
+    name = posixpath.basename(ref.path)
+    stem = name.removesuffix(SUFFIX)
+    if (
+        not isinstance(root, str)
+        or not isinstance(kg, list)
+        or ref.path != join(root, "manifest", name)
+        or not (stem.isdigit() and name.endswith(SUFFIX))
+    ):
+        raise InvalidHandleError(f"malformed {NAME} store handle: {handle!r:.200}")
+    expected = [context.key_group_range.start, context.key_group_range.end]
+    if kg != expected:
+        raise InvalidHandleError(
+            f"{NAME} handle is for key groups {kg}, this store owns {expected}"
+        )
+    read_verified(ref, context.storage_options)  # Missing/CorruptCheckpointError
+    return root, int(stem)

@@ -1,0 +1,167 @@
+"""The `Compactor` interface and the local compactor.
+
+A compactor turns a `CompactionSpec` into a `CompactionResult` somewhere else than the writer's
+thread and reports it through a `concurrent.futures.Future`. The DB never blocks on it: it polls
+the futures from its background thread and installs results (see db.py for the install rules).
+A remote compactor (the compaction service's client) implements the same interface.
+
+`CompactionRegistry` is the DB's book of started compactions: which are registered (their result
+may be installed), which were abandoned (cancelled or timed out: their outputs get deleted).
+
+`LocalCompactor` runs `run_compaction` in worker processes (spawned, so no fork of a threaded
+writer), which keeps compaction CPU off the writer's GIL. A DB rooted on an in-process file system
+(memory://) cannot be read from another process, so for those the compactor uses threads.
+"""
+
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec, run_compaction
+from statebackend.lsm.picker import Pick, Reservation
+
+log = logging.getLogger(__name__)
+
+# File system protocols whose contents live in this process only.
+IN_PROCESS_PROTOCOLS = frozenset({"memory"})
+
+
+class Compactor(Protocol):
+    def submit(
+        self, spec: CompactionSpec, storage_options: Mapping[str, Any]
+    ) -> "Future[CompactionResult]":
+        """Start a compaction; the future holds its result or the error it failed with."""
+        ...
+
+    def close(self) -> None:
+        """Stop accepting work and release workers (running work may be abandoned)."""
+        ...
+
+
+class LocalCompactor:
+    """Runs compactions in a pool of `workers` processes (or threads when `processes` is False)."""
+
+    def __init__(self, workers: int = 2, processes: bool = True) -> None:
+        self.processes = processes
+        self._pool: Executor = (
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            if processes
+            else ThreadPoolExecutor(workers, thread_name_prefix="lsm-compaction")
+        )
+
+    @classmethod
+    def for_protocols(cls, protocols: tuple[str, ...], workers: int = 2) -> "LocalCompactor":
+        return cls(workers, processes=not IN_PROCESS_PROTOCOLS.intersection(protocols))
+
+    def submit(
+        self, spec: CompactionSpec, storage_options: Mapping[str, Any]
+    ) -> "Future[CompactionResult]":
+        return self._pool.submit(run_compaction, spec, dict(storage_options))
+
+    def close(self) -> None:
+        """Cancel queued work and wait for running work, so nothing writes after close."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class Running:
+    """A started compaction; `done` resolves when a manual compaction (a caller waits) ends."""
+
+    spec: CompactionSpec
+    pick: Pick
+    future: "Future[CompactionResult]"
+    deadline: float  # time.monotonic() after which it is abandoned
+    done: "Future[None] | None" = None
+
+
+class CompactionRegistry:
+    """The compactions a DB has started, registered until installed, failed or abandoned.
+
+    Invariant: a compaction is either registered (in `running`; its result may be installed) or
+    abandoned (cancelled or timed out; its outputs are deleted once it finishes), never both.
+    Thread-safe; futures are cancelled outside the lock, since cancelling runs done-callbacks.
+    """
+
+    def __init__(
+        self,
+        compactor: Compactor,
+        storage_options: Mapping[str, Any],
+        timeout_s: float,
+        on_done: Callable[[], None],
+    ) -> None:
+        self.compactor = compactor
+        self.storage_options = dict(storage_options)
+        self.timeout_s = timeout_s
+        self.on_done = on_done  # called from any thread when a compaction's future completes
+        self._lock = threading.Lock()
+        self.running: dict[str, Running] = {}
+        self._abandoned: list[Running] = []
+
+    def submit(self, spec: CompactionSpec, pick: Pick, done: "Future[None] | None") -> None:
+        future = self.compactor.submit(spec, self.storage_options)
+        r = Running(spec, pick, future, time.monotonic() + self.timeout_s, done)
+        with self._lock:
+            self.running[spec.compaction_id] = r
+        future.add_done_callback(lambda _: self.on_done())
+
+    def conflicts(self) -> tuple[set[str], list[Reservation]]:
+        """Tables that running compactions read, and the key ranges they write."""
+        with self._lock:
+            picks = [r.pick for r in self.running.values()]
+        busy = {n for p in picks for n in p.names()}
+        reserved = [Reservation(p.output_level, *p.key_range()) for p in picks]
+        return busy, reserved
+
+    def protected_prefixes(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(r.spec.output_prefix for r in self.running.values())
+
+    def abandon(self, compaction_id: str, why: str) -> bool:
+        with self._lock:
+            r = self.running.pop(compaction_id, None)
+            if r is not None:
+                self._abandoned.append(r)
+        if r is None:
+            return False
+        r.future.cancel()
+        if r.done is not None:
+            r.done.set_exception(RuntimeError(f"compaction {compaction_id} {why}"))
+        log.warning("compaction %s %s; its outputs will be deleted", compaction_id, why)
+        return True
+
+    def unregister(self, r: Running) -> bool:
+        """Take a finished compaction out of the registry; False when it was abandoned."""
+        with self._lock:
+            return self.running.pop(r.spec.compaction_id, None) is r
+
+    def reap(self) -> tuple[list[Running], list[CompactionResult]]:
+        """Abandon timed-out compactions; return the finished registered ones and the results
+        of finished abandoned ones (whose outputs the caller deletes)."""
+        now = time.monotonic()
+        with self._lock:
+            late = [c for c, r in self.running.items() if not r.future.done() and now > r.deadline]
+        for cid in late:
+            self.abandon(cid, "timed out")
+        with self._lock:
+            finished = [r for r in self.running.values() if r.future.done()]
+            gone = [r for r in self._abandoned if r.future.done()]
+            self._abandoned = [r for r in self._abandoned if not r.future.done()]
+        results = [
+            r.future.result() for r in gone if not r.future.cancelled() and not r.future.exception()
+        ]
+        return finished, results
+
+    def pending_abandoned(self) -> int:
+        with self._lock:
+            return len(self._abandoned)
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            futures = [r.future for r in self.running.values()]
+        for f in futures:
+            f.cancel()

@@ -1,0 +1,600 @@
+"""`LsmDB`: one disaggregated LSM database (memtables, versions, background work, checkpoints).
+
+Threads and invariants:
+- Foreground methods (put/delete/get/scan/flush/compact/checkpoint/...) are called by one thread
+  at a time (the owner, e.g. an operator subtask). The put path takes no lock.
+- One background thread flushes immutable memtables (oldest first), reaps and installs compactions,
+  schedules new ones and collects garbage. State it shares with the foreground (`_imms`,
+  `_version`, `_pins`, `_bg_error`, ...) is guarded by `_lock` (with `_cond`), every manifest
+  commit is serialized by `_commit_lock`, and the compaction registry has its own lock.
+- Readers see data exactly once or more, never zero times: a frozen memtable is appended to
+  `_imms` before `_mem` is replaced, and a flushed memtable leaves `_imms` only after `_version`
+  includes its table; get reads `_mem`, then `_imms`, then `_version`, in that order.
+- A background error (a flush that failed all retries, a fenced writer, ...) is sticky: every
+  later put/delete/flush/checkpoint raises it. Reopen the DB to recover from the last committed
+  manifest.
+- Compaction results are installed only while their compaction is registered (see
+  compactor.CompactionRegistry) and all their inputs are still in the current version; otherwise
+  their outputs are deleted.
+"""
+
+import logging
+import posixpath
+import tempfile
+import threading
+import time
+import uuid
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, TypeVar
+
+import xxhash
+
+from statebackend.dfs import FileRef, filesystem, join
+from statebackend.errors import MissingCheckpointDataError
+from statebackend.lsm.cache import CacheStats, TableCache, table_path
+from statebackend.lsm.compaction_job import CompactionResult
+from statebackend.lsm.compactor import CompactionRegistry, Compactor, LocalCompactor, Running
+from statebackend.lsm.gc import GarbageCollector, GcResult
+from statebackend.lsm.manifest import (
+    Manifest,
+    ManifestStore,
+    ManifestWriter,
+    encode,
+    list_names,
+    manifest_name,
+)
+from statebackend.lsm.memtable import Memtable
+from statebackend.lsm.merge import merge_runs
+from statebackend.lsm.picker import Pick, Picker, PickerOptions
+from statebackend.lsm.table import TableBuilder, TableMeta, TableOptions, remove_quietly
+from statebackend.lsm.version import Version, VersionEdit
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_MISSING = object()
+BG_POLL_S = 0.1
+# Consecutive failed compactions after which the DB stops (a sticky error) rather than stall.
+MAX_COMPACTION_FAILURES = 5
+
+
+@dataclass(frozen=True)
+class LsmOptions:
+    """Tuning of one DB (the `lsm` backend reads each field as option `lsm.<name>`)."""
+
+    memtable_bytes: int = 8 << 20
+    max_immutables: int = 2  # writers wait when this many memtables await flushing
+    num_levels: int = 7
+    l0_compaction_trigger: int = 4
+    l0_slowdown_trigger: int = 12  # each memtable switch sleeps slowdown_sleep_s
+    l0_stop_trigger: int = 20  # memtable switches wait for compaction
+    slowdown_sleep_s: float = 0.005
+    level_base_bytes: int = 64 << 20
+    level_multiplier: int = 10
+    target_file_size: int = 16 << 20
+    table: TableOptions = field(default_factory=TableOptions)
+    block_cache_bytes: int = 64 << 20  # 0 disables the block cache
+    file_cache_bytes: int = 0  # whole tables on local disk; 0 disables
+    local_dir: str | None = None  # for the file cache (default: the system temp dir)
+    auto_compact: bool = True
+    max_compactions: int = 2  # running at once
+    compaction_workers: int = 2  # of the LocalCompactor the DB creates when none is given
+    compaction_timeout_s: float = 600.0
+    gc_grace_s: float = 300.0
+    gc_interval_s: float = 60.0
+    manifest_retention: int = 4
+    io_retries: int = 3  # retries of a failed DFS write (flush, manifest) before giving up
+    retry_backoff_s: float = 0.05  # doubled per retry
+
+
+class LsmDB:
+    """A disaggregated LSM DB rooted at an fsspec URL; see the module docstring for threading.
+
+    `restore_manifest` opens the version of that (pinned) manifest instead of the newest one;
+    `fresh` opens an empty version. Either way pins of retained checkpoints are kept.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        options: LsmOptions | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        compactor: Compactor | None = None,
+        restore_manifest: int | None = None,
+        fresh: bool = False,
+    ) -> None:
+        self.root = root.rstrip("/")
+        self.o = o = options or LsmOptions()
+        self.storage_options = dict(storage_options or {})
+        self.fs, self._root_path = filesystem(self.root, self.storage_options)
+        self.fs.makedirs(posixpath.join(self._root_path, "tables"), exist_ok=True)
+        self._manifests = ManifestStore(self.fs, self._root_path, o.num_levels)
+        self._writer = ManifestWriter.open(self._manifests)
+        version, pins = self._initial_version(restore_manifest, fresh)
+        self._version = version
+        self._pins: dict[int, int] = dict(pins)
+        # Reentrant: cancelling a future under the lock runs its done-callback, which notifies.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._commit_lock = threading.Lock()
+        self._gc_lock = threading.Lock()
+        self._manifest = self._writer.commit(version, self._pins)  # claims the epoch
+        self.epoch = self._writer.epoch
+        self._mem = Memtable()
+        self._imms: tuple[Memtable, ...] = ()  # oldest first
+        self._in_use: dict[int, tuple[Version, int]] = {}  # versions held by iterators, refcounted
+        self._tables = TableCache(
+            self.fs,
+            self._root_path,
+            o.block_cache_bytes,
+            o.file_cache_bytes,
+            o.local_dir or tempfile.gettempdir(),
+        )
+        self._own_compactor = compactor is None
+        self.compactor: Compactor = compactor or LocalCompactor.for_protocols(
+            _protocols(self.fs), o.compaction_workers
+        )
+        self._picker = Picker(
+            PickerOptions(
+                o.num_levels, o.l0_compaction_trigger, o.level_base_bytes, o.level_multiplier
+            )
+        )
+        self._gc = GarbageCollector(
+            self.fs, self._root_path, self._manifests, o.gc_grace_s, o.manifest_retention
+        )
+        self._compactions = CompactionRegistry(
+            self.compactor, self.storage_options, o.compaction_timeout_s, self._notify
+        )
+        self._manual: list[Future[None]] = []  # requests for a full compaction
+        self._flushing: str | None = None  # name of the table a flush is writing
+        self._seq = 0
+        self._bg_error: BaseException | None = None
+        self._wake = False  # set with _cond held when the background thread has new work
+        self._compaction_failures = 0
+        self._closed = False
+        self._next_gc = time.monotonic() + o.gc_interval_s
+        self.compactions_installed = 0
+        self._thread = threading.Thread(
+            target=self._bg_loop, name=f"lsm-bg-{self.epoch}", daemon=True
+        )
+        self._thread.start()
+
+    def _initial_version(self, restore: int | None, fresh: bool) -> tuple[Version, dict[int, int]]:
+        latest = self._manifests.latest()
+        pins = dict(latest.pins) if latest else {}
+        if restore is not None:
+            base = self._read_checkpoint_manifest(restore)
+            # The newest manifest knows which checkpoints were released since; keep its pins
+            # plus the pin of the version being restored.
+            pins.update((c, n) for c, n in base.pins.items() if n == restore)
+            return base.version, pins
+        if fresh or latest is None:
+            return Version.empty(self.o.num_levels), pins
+        return latest.version, pins
+
+    def _read_checkpoint_manifest(self, number: int) -> Manifest:
+        base = self._manifests.read_checkpoint(number)
+        present = list_names(self.fs, posixpath.join(self._root_path, "tables"))
+        missing = base.version.names().difference(present)
+        if missing:
+            raise MissingCheckpointDataError(
+                f"{self.root}: manifest {number} references missing tables {sorted(missing)[:5]}"
+            )
+        return base
+
+    # ----------------------------------------------------------------------------- writes
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if self._bg_error is not None:
+            raise self._bg_error
+        mem = self._mem
+        mem.put(key, value)
+        if mem.size >= self.o.memtable_bytes:
+            self._make_room()
+
+    def delete(self, key: bytes) -> None:
+        if self._bg_error is not None:
+            raise self._bg_error
+        mem = self._mem
+        mem.put(key, None)
+        if mem.size >= self.o.memtable_bytes:
+            self._make_room()
+
+    def _make_room(self) -> None:
+        """Freeze the memtable; wait while too many await flushing or L0 is at its stop trigger."""
+        o = self.o
+        with self._cond:
+            while True:
+                self._check_open_locked()
+                l0 = len(self._version.levels[0])
+                if len(self._imms) < o.max_immutables and not (
+                    o.auto_compact and l0 >= o.l0_stop_trigger
+                ):
+                    break
+                self._cond.wait(0.5)
+            self._imms = self._imms + (self._mem,)
+            self._mem = Memtable()
+            self._wake_locked()
+        if o.auto_compact and l0 >= o.l0_slowdown_trigger:
+            time.sleep(o.slowdown_sleep_s)
+
+    def _check_open_locked(self) -> None:
+        if self._bg_error is not None:
+            raise self._bg_error
+        if self._closed:
+            raise RuntimeError(f"LSM DB {self.root} is closed")
+
+    def flush(self) -> None:
+        """Make every write so far durable: return once it is in a committed manifest."""
+        if self._mem.data:
+            self._make_room()
+        with self._cond:
+            while self._imms:
+                self._check_open_locked()
+                self._cond.wait(0.5)
+            self._check_open_locked()
+
+    # ----------------------------------------------------------------------------- reads
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self._mem.data.get(key, _MISSING)
+        if value is not _MISSING:
+            return value  # type: ignore[return-value]
+        for imm in reversed(self._imms):
+            value = imm.data.get(key, _MISSING)
+            if value is not _MISSING:
+                return value  # type: ignore[return-value]
+        version = self._version
+        tables = self._tables
+        readers = tables.readers
+        for t in version.levels[0]:
+            if t.smallest <= key <= t.largest:
+                found, value = (readers.get(t.name) or tables.open(t)).get(key)
+                if found:
+                    return value  # type: ignore[return-value]
+        for run, largest in version.runs:  # one sorted run per level >= 1: bisect to one table
+            i = bisect_left(largest, key)
+            if i < len(run):
+                t = run[i]
+                if t.smallest <= key:
+                    found, value = (readers.get(t.name) or tables.open(t)).get(key)
+                    if found:
+                        return value  # type: ignore[return-value]
+        return None
+
+    def scan(self, start: bytes | None, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        """Entries with start <= key < end, ascending, as of this call (later writes are unseen)."""
+        with self._lock:
+            runs: list[Iterator[tuple[bytes, bytes | None]]] = [iter(self._mem.range(start, end))]
+            imms = self._imms
+            version = self._version
+            count = self._in_use.get(id(version), (version, 0))[1]
+            self._in_use[id(version)] = (version, count + 1)
+        runs += [iter(imm.range(start, end)) for imm in reversed(imms)]
+        runs += [
+            self._table_scan(t, start, end) for t in version.levels[0] if _overlaps(t, start, end)
+        ]
+        for level in version.levels[1:]:
+            tables = [t for t in level if _overlaps(t, start, end)]
+            if tables:
+                runs.append(chain.from_iterable(self._table_scan(t, start, end) for t in tables))
+        entries = self._live_entries(runs, version)
+        next(entries)  # start it inside its try, so that dropping it unregisters the version
+        return entries  # type: ignore[return-value]
+
+    def _live_entries(
+        self, runs: list[Iterator[tuple[bytes, bytes | None]]], version: Version
+    ) -> Iterator[tuple[bytes, bytes] | None]:
+        try:
+            yield None  # consumed by scan()
+            for key, value in merge_runs(runs):
+                if value is not None:
+                    yield key, value
+        finally:
+            with self._lock:
+                v, count = self._in_use[id(version)]
+                if count == 1:
+                    del self._in_use[id(version)]
+                else:
+                    self._in_use[id(version)] = (v, count - 1)
+
+    def _table_scan(self, t: TableMeta, start: bytes | None, end: bytes | None) -> Iterator:
+        reader = self._tables.readers.get(t.name) or self._tables.open(t)
+        return reader.scan(start, end)
+
+    # ----------------------------------------------------------------------------- checkpoints
+
+    def checkpoint(self, checkpoint_id: int) -> FileRef:
+        """Flush and pin the resulting version; returns the pinned manifest file."""
+        self.flush()
+        m = self._commit(None, pin=checkpoint_id)
+        data = encode(m)  # deterministic: the bytes that were written
+        url = join(self.root, "manifest", manifest_name(m.number))
+        return FileRef(url, len(data), xxhash.xxh3_64_hexdigest(data))
+
+    def release_checkpoint(self, checkpoint_id: int) -> None:
+        """Unpin a checkpoint's version; its files become garbage once nothing else uses them."""
+        if checkpoint_id in self._pins:
+            self._commit(None, unpin=checkpoint_id)
+
+    @property
+    def pins(self) -> dict[int, int]:
+        """Retained checkpoints: checkpoint id -> manifest number."""
+        with self._lock:
+            return dict(self._pins)
+
+    @property
+    def version(self) -> Version:
+        return self._version
+
+    @property
+    def manifest_number(self) -> int:
+        return self._manifest.number
+
+    # ----------------------------------------------------------------------------- compaction
+
+    def compact(self) -> None:
+        """Flush, then merge every table into the deepest level (dropping tombstones); wait."""
+        self.flush()
+        done: Future[None] = Future()
+        with self._cond:
+            self._check_open_locked()
+            self._manual.append(done)
+            self._wake_locked()
+        done.result()
+
+    def running_compactions(self) -> list[str]:
+        return list(self._compactions.running)
+
+    def abandoned_compactions(self) -> int:
+        """Cancelled or timed-out compactions still running (their outputs get deleted)."""
+        return self._compactions.pending_abandoned()
+
+    def cancel_compaction(self, compaction_id: str) -> bool:
+        """Deregister a running compaction; its result will be discarded and its outputs deleted."""
+        return self._compactions.abandon(compaction_id, "cancelled")
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Wait until nothing is flushing or compacting and no level needs compaction."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._check_open_locked()
+                needs = self.o.auto_compact and self._picker.scores(self._version)[0][0] >= 1
+                if not (self._imms or self._compactions.running or self._manual or needs):
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"LSM DB {self.root} not idle after {timeout}s")
+                self._cond.wait(0.05)
+
+    # ----------------------------------------------------------------------------- gc, stats, close
+
+    def collect_garbage(self) -> GcResult:
+        with self._gc_lock:
+            with self._lock:
+                in_use = self._version.names()
+                for v, _ in self._in_use.values():
+                    in_use |= v.names()
+                protected = self._compactions.protected_prefixes()
+                if self._flushing is not None:
+                    protected += (self._flushing,)
+            result = self._gc.collect(self.epoch, in_use, protected)
+        for name in result.deleted_tables:
+            self._tables.evict(name)
+        return result
+
+    def cache_stats(self) -> CacheStats:
+        return self._tables.stats()
+
+    def close(self) -> None:
+        """Stop background work. Writes not yet flushed are dropped (call flush() first)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake_locked()
+        self._thread.join()
+        self._compactions.cancel_all()
+        for request in self._manual:
+            request.set_exception(RuntimeError(f"LSM DB {self.root} closed"))
+        if self._own_compactor:
+            self.compactor.close()
+        self._tables.close()
+
+    # ----------------------------------------------------------------------------- background
+
+    def _bg_loop(self) -> None:
+        while True:
+            try:
+                self._bg_step()
+            except BaseException as e:  # noqa: BLE001 - surfaced to the writer, never lost
+                log.error("LSM DB %s: background work failed: %s", self.root, e, exc_info=True)
+                with self._cond:
+                    self._bg_error = e
+                    for request in self._manual:
+                        request.set_exception(e)
+                    self._manual.clear()
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                # Timers (compaction deadlines, gc) are polled; events set _wake and notify.
+                if not self._wake and not self._closed:
+                    self._cond.wait(BG_POLL_S)
+                self._wake = False
+                if self._closed:
+                    return
+
+    def _wake_locked(self) -> None:
+        self._wake = True
+        self._cond.notify_all()
+
+    def _bg_step(self) -> None:
+        while self._imms and not self._closed:
+            self._flush_one()
+        self._reap()
+        if self._manual:
+            self._start_manual()
+        elif self.o.auto_compact:
+            self._schedule()
+        if time.monotonic() >= self._next_gc:
+            self.collect_garbage()
+            self._next_gc = time.monotonic() + self.o.gc_interval_s
+
+    def _flush_one(self) -> None:
+        imm = self._imms[0]
+        keys, values = imm.batch()
+
+        def write() -> TableMeta:
+            self._seq += 1
+            name = f"{self.epoch:06d}-f{self._seq:06d}-{uuid.uuid4().hex[:12]}.sst"
+            with self._lock:
+                self._flushing = name
+            path = table_path(self._root_path, name)
+            try:
+                with self.fs.open(path, "wb") as sink:
+                    builder = TableBuilder(sink, self.o.table, "flush", name)
+                    builder.add_batch(keys, values)
+                    return builder.finish()
+            except BaseException:
+                remove_quietly(self.fs, path)
+                raise
+
+        try:
+            meta = self._retry(write, "flush")
+            self._commit(VersionEdit(added=((0, meta),)))
+        finally:
+            with self._lock:
+                self._flushing = None
+        with self._cond:
+            self._imms = self._imms[1:]
+            self._cond.notify_all()
+        log.debug("flushed %d entries to %s", meta.entries, meta.name)
+
+    def _commit(
+        self, edit: VersionEdit | None, pin: int | None = None, unpin: int | None = None
+    ) -> Manifest:
+        with self._commit_lock:
+            version = self._version.apply(edit) if edit is not None else self._version
+            pins = {c: n for c, n in self._pins.items() if c != unpin}
+            m = self._retry(
+                lambda: self._writer.commit(version, pins, pin_self=pin), "manifest write"
+            )
+            with self._cond:
+                self._version = version
+                self._pins = dict(m.pins)
+                self._manifest = m
+                self._cond.notify_all()
+            return m
+
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        for attempt in range(self.o.io_retries + 1):
+            try:
+                return fn()
+            except OSError as e:
+                if attempt == self.o.io_retries:
+                    raise
+                log.warning("%s: %s failed (attempt %d), retrying: %s", self.root, what, attempt, e)
+                time.sleep(self.o.retry_backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _schedule(self) -> None:
+        while len(self._compactions.running) < self.o.max_compactions:
+            busy, reserved = self._compactions.conflicts()
+            pick = self._picker.pick(self._version, busy, reserved)
+            if pick is None:
+                return
+            if pick.trivial_move:
+                (t,) = pick.inputs[0].tables
+                self._commit(
+                    VersionEdit(((pick.inputs[0].level, t.name),), ((pick.output_level, t),))
+                )
+                log.info("trivial move of %s to level %d", t.name, pick.output_level)
+            else:
+                self._submit(pick)
+
+    def _start_manual(self) -> None:
+        if self._compactions.running:
+            return  # wait for running compactions to drain: the full compaction takes every table
+        request = self._manual.pop(0)
+        pick = self._picker.pick_all(self._version)
+        if pick is None:
+            request.set_result(None)
+        else:
+            self._submit(pick, request)
+
+    def _submit(self, pick: Pick, done: "Future[None] | None" = None) -> None:
+        spec = pick.spec(self.root, self.epoch, self.o.target_file_size, self.o.table)
+        self._compactions.submit(spec, pick, done)
+        log.info("compaction %s: %s", spec.compaction_id, pick)
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._wake_locked()
+
+    def _reap(self) -> None:
+        finished, abandoned_results = self._compactions.reap()
+        for result in abandoned_results:
+            self._delete_outputs(result)
+        for r in finished:
+            self._finish(r)
+
+    def _finish(self, r: Running) -> None:
+        """Install a finished compaction if it is still registered and its inputs are live."""
+        try:
+            result = r.future.result()
+        except Exception as e:  # noqa: BLE001 - a failed compaction is retried by the picker
+            self._compaction_failed(r, e)
+            return
+        registered = self._compactions.unregister(r)
+        with self._lock:
+            live = {(n, t.name) for n, t in self._version.tables()}
+            inputs_live = all((i.level, t.name) in live for i in r.pick.inputs for t in i.tables)
+        if not (registered and inputs_live):
+            log.warning("compaction %s is stale; deleting its outputs", r.spec.compaction_id)
+            self._delete_outputs(result)
+            return
+        edit = VersionEdit(
+            removed=tuple((i.level, t.name) for i in r.pick.inputs for t in i.tables),
+            added=tuple((r.spec.output_level, t) for t in result.outputs),
+        )
+        try:
+            self._commit(edit)
+        except OSError as e:
+            # The outputs may be referenced by a manifest whose write only seemed to fail: leave
+            # them to the garbage collector, which keeps what the retained manifests reference.
+            self._compaction_failed(r, e)
+            return
+        self._compaction_failures = 0
+        self.compactions_installed += 1
+        if r.done is not None:
+            r.done.set_result(None)
+        log.info("compaction %s installed %d outputs", r.spec.compaction_id, len(result.outputs))
+
+    def _compaction_failed(self, r: Running, e: BaseException) -> None:
+        self._compactions.unregister(r)
+        self._compaction_failures += 1
+        log.warning("compaction %s failed: %s", r.spec.compaction_id, e)
+        if r.done is not None:
+            r.done.set_exception(e)
+        if self._compaction_failures >= MAX_COMPACTION_FAILURES:
+            raise RuntimeError(f"{self._compaction_failures} compactions failed in a row") from e
+
+    def _delete_outputs(self, result: CompactionResult) -> None:
+        for t in result.outputs:
+            try:
+                self.fs.rm_file(table_path(self._root_path, t.name))
+            except OSError as e:
+                log.warning("could not delete %s (garbage collection will): %s", t.name, e)
+
+
+def _overlaps(t: TableMeta, start: bytes | None, end: bytes | None) -> bool:
+    return (start is None or t.largest >= start) and (end is None or t.smallest < end)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    p = fs.protocol
+    return (p,) if isinstance(p, str) else tuple(p)

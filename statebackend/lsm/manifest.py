@@ -1,0 +1,283 @@
+"""Manifest versions on the DFS, writer epochs and fencing.
+
+Each committed version of a DB is one immutable file `ROOT/manifest/<number>.manifest` (number
+zero-padded to 12 digits) holding the whole version, not a delta, so any single file is enough to
+open the DB. Its format:
+
+    payload  msgpack map {format, number, epoch, writer, created_ms, levels, pins}
+    footer   magic b"LSMMANI1" | payload length u64-be | xxh3-64(payload) u64-be
+
+- The current version is the highest-numbered manifest that parses and verifies. No rename is
+  needed (object stores have none): a new version is a new number, created with an exclusive create
+  ("xb"), so two writers can never both commit the same number.
+- A truncated or corrupted manifest (a crash in the middle of a write) is skipped with a warning;
+  the previous good one is used. A reader therefore needs the tables of the last few manifests, and
+  the garbage collector keeps them (see gc.py).
+- Writer epochs fence zombies. Opening a DB for writing picks an epoch above every epoch seen and
+  commits a manifest at once. A writer that finds its next number taken by a manifest of a newer
+  (or equal but foreign) epoch, or by one it cannot read, raises `FencedError` and never commits
+  again. Since every commit of a live writer takes the next free number, a zombie's next commit
+  always collides with a number the new writer has taken.
+- `pins` maps checkpoint id -> manifest number: the versions that retained checkpoints use. A pin is
+  part of the committed state, so it survives a crash of the process.
+"""
+
+import logging
+import posixpath
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import fsspec
+import msgpack
+import xxhash
+
+from statebackend.errors import CorruptCheckpointError, MissingCheckpointDataError
+from statebackend.lsm.version import Version
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MAGIC = b"LSMMANI1"
+FOOTER_SIZE = len(MAGIC) + 16
+SUFFIX = ".manifest"
+NUMBER_DIGITS = 12
+# How many of the newest manifests are read to find the highest epoch when a writer opens.
+EPOCH_SCAN = 16
+LIST_ATTEMPTS = 5
+
+
+class CorruptManifestError(Exception):
+    """A manifest file that is truncated, fails its checksum or cannot be decoded."""
+
+
+class FencedError(RuntimeError):
+    """This writer's epoch is no longer current: a newer writer opened the same DB."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One committed version of a DB."""
+
+    number: int
+    epoch: int
+    writer: str
+    version: Version
+    pins: Mapping[int, int] = field(default_factory=dict)  # checkpoint id -> manifest number
+    created_ms: int = 0
+
+
+def list_names(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
+    """The file names in `directory` as the store has them now ([] when it does not exist).
+
+    Listing caches (s3fs keeps one) are dropped first: other processes write here too.
+    """
+    fs.invalidate_cache(directory)
+    for _ in range(LIST_ATTEMPTS - 1):
+        try:
+            return _names(fs, directory)
+        except KeyError:
+            # fsspec's memory file system lists a copy of its keys, then looks each one up: a
+            # file deleted by another thread in between raises KeyError. List again.
+            continue
+    return _names(fs, directory)
+
+
+def _names(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
+    try:
+        return [posixpath.basename(p.rstrip("/")) for p in fs.ls(directory, detail=False)]
+    except FileNotFoundError:
+        return []
+
+
+def manifest_name(number: int) -> str:
+    return f"{number:0{NUMBER_DIGITS}d}{SUFFIX}"
+
+
+def encode(m: Manifest) -> bytes:
+    payload = msgpack.packb(
+        {
+            "format": FORMAT,
+            "number": m.number,
+            "epoch": m.epoch,
+            "writer": m.writer,
+            "created_ms": m.created_ms,
+            "levels": m.version.to_list(),
+            "pins": [[c, n] for c, n in sorted(m.pins.items())],
+        },
+        use_bin_type=True,
+    )
+    footer = (
+        MAGIC
+        + len(payload).to_bytes(8, "big")
+        + xxhash.xxh3_64_intdigest(payload).to_bytes(8, "big")
+    )
+    return payload + footer
+
+
+def decode(data: bytes, name: str, num_levels: int) -> Manifest:
+    if len(data) < FOOTER_SIZE or data[-FOOTER_SIZE:][: len(MAGIC)] != MAGIC:
+        raise CorruptManifestError(f"manifest {name} is truncated ({len(data)} bytes, no footer)")
+    footer = data[-FOOTER_SIZE + len(MAGIC) :]
+    length = int.from_bytes(footer[:8], "big")
+    checksum = int.from_bytes(footer[8:], "big")
+    payload = data[:-FOOTER_SIZE]
+    if length != len(payload) or xxhash.xxh3_64_intdigest(payload) != checksum:
+        raise CorruptManifestError(f"manifest {name} fails its length or xxh3 checksum")
+    try:
+        d = msgpack.unpackb(payload, raw=False)
+        if d["format"] != FORMAT:
+            raise CorruptManifestError(f"manifest {name} has unknown format {d['format']}")
+        return Manifest(
+            number=int(d["number"]),
+            epoch=int(d["epoch"]),
+            writer=str(d["writer"]),
+            version=Version.from_list(d["levels"], num_levels),
+            pins={int(c): int(n) for c, n in d["pins"]},
+            created_ms=int(d["created_ms"]),
+        )
+    except CorruptManifestError:
+        raise
+    except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
+        raise CorruptManifestError(f"manifest {name} cannot be decoded: {e}") from e
+
+
+class ManifestStore:
+    """Reads, writes, lists and deletes the manifest files under ROOT/manifest/."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root_path: str, num_levels: int) -> None:
+        self.fs = fs
+        self.dir = posixpath.join(root_path, "manifest")
+        self.num_levels = num_levels
+        fs.makedirs(self.dir, exist_ok=True)
+
+    def path(self, number: int) -> str:
+        return posixpath.join(self.dir, manifest_name(number))
+
+    def numbers(self) -> list[int]:
+        """All manifest numbers present, ascending (valid or not)."""
+        out = []
+        for base in list_names(self.fs, self.dir):
+            stem = base[: -len(SUFFIX)]
+            if base.endswith(SUFFIX) and len(stem) == NUMBER_DIGITS and stem.isdigit():
+                out.append(int(stem))
+        return sorted(out)
+
+    def read(self, number: int) -> Manifest:
+        """Raises FileNotFoundError or CorruptManifestError."""
+        data = self.fs.cat_file(self.path(number))
+        m = decode(data, manifest_name(number), self.num_levels)
+        if m.number != number:
+            raise CorruptManifestError(f"manifest {manifest_name(number)} claims number {m.number}")
+        return m
+
+    def read_checkpoint(self, number: int) -> Manifest:
+        """A pinned manifest to restore; raises the RestoreError a checkpoint restore expects."""
+        try:
+            return self.read(number)
+        except FileNotFoundError as e:
+            raise MissingCheckpointDataError(f"{self.dir}: manifest {number} is missing") from e
+        except CorruptManifestError as e:
+            raise CorruptCheckpointError(str(e)) from e
+
+    def latest(self) -> Manifest | None:
+        """The highest-numbered good manifest; None for a new DB.
+
+        Skips (with a warning) newer manifests that are truncated or corrupt. Raises
+        CorruptManifestError when manifests exist but none is readable.
+        """
+        numbers = self.numbers()
+        for number in reversed(numbers):
+            try:
+                return self.read(number)
+            except FileNotFoundError:
+                continue  # deleted by a concurrent cleanup between listing and reading
+            except CorruptManifestError as e:
+                log.warning("skipping manifest %s, falling back to the previous one: %s", number, e)
+        if numbers:
+            raise CorruptManifestError(f"no readable manifest among {len(numbers)} in {self.dir}")
+        return None
+
+    def max_epoch(self) -> int:
+        """The highest epoch among the newest manifests (0 for a new DB)."""
+        best = 0
+        for number in self.numbers()[-EPOCH_SCAN:]:
+            try:
+                best = max(best, self.read(number).epoch)
+            except (FileNotFoundError, CorruptManifestError):
+                continue
+        return best
+
+    def create(self, m: Manifest) -> None:
+        """Write `m` with an exclusive create; FileExistsError when its number is taken."""
+        with self.fs.open(self.path(m.number), "xb") as f:
+            f.write(encode(m))
+
+    def delete(self, number: int) -> None:
+        self.fs.rm_file(self.path(number))
+
+
+class ManifestWriter:
+    """Commits versions for one writer epoch; see the module docstring for the fencing rules.
+
+    Not thread-safe: the DB serializes commits.
+    """
+
+    def __init__(self, store: ManifestStore, epoch: int, next_number: int) -> None:
+        self.store = store
+        self.epoch = epoch
+        self.writer = uuid.uuid4().hex
+        self._next = next_number  # invariant: every number below it was attempted or seen taken
+        self.fenced: FencedError | None = None
+
+    @classmethod
+    def open(cls, store: ManifestStore) -> "ManifestWriter":
+        """A writer with an epoch above every epoch seen; it must commit before anything else."""
+        numbers = store.numbers()
+        return cls(store, store.max_epoch() + 1, (numbers[-1] + 1) if numbers else 1)
+
+    def commit(
+        self, version: Version, pins: Mapping[int, int], pin_self: int | None = None
+    ) -> Manifest:
+        """Write the next manifest. `pin_self` adds a pin of that checkpoint id to this very number.
+
+        An I/O error propagates and consumes the number (a partial file may exist), so a retry
+        writes the next one. Raises FencedError when a newer writer owns the DB.
+        """
+        if self.fenced is not None:
+            raise self.fenced
+        while True:
+            number = self._next
+            self._next += 1
+            all_pins = dict(pins)
+            if pin_self is not None:
+                all_pins[pin_self] = number
+            m = Manifest(
+                number, self.epoch, self.writer, version, all_pins, time.time_ns() // 10**6
+            )
+            try:
+                self.store.create(m)
+                return m
+            except FileExistsError:
+                self._check_not_fenced(number)
+
+    def _check_not_fenced(self, number: int) -> None:
+        """Someone else took `number`: continue past an older epoch's zombie, else we are fenced."""
+        try:
+            other = self.store.read(number)
+        except (FileNotFoundError, CorruptManifestError) as e:
+            reason = f"manifest {number} was taken by another writer and is unreadable ({e})"
+        else:
+            if other.epoch < self.epoch:
+                log.warning(
+                    "manifest %s was written by an older epoch %s; skipping it", number, other.epoch
+                )
+                return
+            reason = (
+                f"manifest {number} was written by epoch {other.epoch} (this writer: {self.epoch})"
+            )
+        self.fenced = FencedError(
+            f"LSM DB {self.store.dir}: fenced, a newer writer owns it: {reason}"
+        )
+        raise self.fenced
