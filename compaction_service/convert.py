@@ -1,0 +1,153 @@
+"""Conversions between the LSM's compaction dataclasses and the protocol's messages.
+
+Invariant: `spec_from_proto(spec_to_proto(s)) == s` and the same for results. Decoding validates
+every field through the dataclasses' own checks and raises `ValueError` (the server answers it
+with INVALID_ARGUMENT); nothing undecodable reaches a worker.
+"""
+
+from compaction_service.proto import compaction_pb2 as pb
+from statebackend.lsm.compaction_job import (
+    RESULT_VERSION,
+    SPEC_VERSION,
+    CompactionInput,
+    CompactionResult,
+    CompactionSpec,
+    CompactionStats,
+)
+from statebackend.lsm.table import TableMeta, TableOptions
+
+
+def _table_to_proto(t: TableMeta) -> pb.TableMeta:
+    return pb.TableMeta(
+        name=t.name,
+        size=t.size,
+        smallest=t.smallest,
+        largest=t.largest,
+        entries=t.entries,
+        tombstones=t.tombstones,
+        min_expiry_ms=t.min_expiry_ms,
+        creator=t.creator,
+    )
+
+
+def _table_from_proto(m: pb.TableMeta) -> TableMeta:
+    if not m.name:
+        raise ValueError("table meta without a name")
+    return TableMeta(
+        name=m.name,
+        size=m.size,
+        smallest=m.smallest,
+        largest=m.largest,
+        entries=m.entries,
+        tombstones=m.tombstones,
+        min_expiry_ms=m.min_expiry_ms if m.HasField("min_expiry_ms") else None,
+        creator=m.creator,
+    )
+
+
+def spec_to_proto(spec: CompactionSpec) -> pb.CompactionSpec:
+    o = spec.table_options
+    start, end = spec.key_range
+    return pb.CompactionSpec(
+        spec_version=spec.version,
+        compaction_id=spec.compaction_id,
+        db_root=spec.db_root,
+        inputs=[
+            pb.CompactionInput(level=i.level, tables=[_table_to_proto(t) for t in i.tables])
+            for i in spec.inputs
+        ],
+        output_level=spec.output_level,
+        target_file_size=spec.target_file_size,
+        bottommost=spec.bottommost,
+        ttl_cutoff_ms=spec.ttl_cutoff_ms,
+        output_prefix=spec.output_prefix,
+        table_options=pb.TableOptions(
+            block_size=o.block_size,
+            bloom_bits_per_key=o.bloom_bits_per_key,
+            compression=o.compression,
+            compression_level=o.compression_level,
+        ),
+        key_range=pb.KeyRange(start=start, end=end),
+        score=spec.score,
+    )
+
+
+def spec_from_proto(m: pb.CompactionSpec) -> CompactionSpec:
+    """The spec a request carries; ValueError names the first field that is not acceptable."""
+    if m.spec_version != SPEC_VERSION:
+        raise ValueError(f"unsupported spec_version {m.spec_version} (this server: {SPEC_VERSION})")
+    for name in ("compaction_id", "db_root", "output_prefix"):
+        if not getattr(m, name):
+            raise ValueError(f"spec field {name!r} is empty")
+    if not m.HasField("table_options"):
+        raise ValueError("spec field 'table_options' is missing")
+    if not any(i.tables for i in m.inputs):
+        raise ValueError("spec has no input tables")
+    o = m.table_options
+    r = m.key_range
+    return CompactionSpec(
+        version=m.spec_version,
+        compaction_id=m.compaction_id,
+        db_root=m.db_root,
+        inputs=tuple(
+            CompactionInput(i.level, tuple(map(_table_from_proto, i.tables))) for i in m.inputs
+        ),
+        output_level=m.output_level,
+        target_file_size=m.target_file_size,
+        bottommost=m.bottommost,
+        ttl_cutoff_ms=m.ttl_cutoff_ms if m.HasField("ttl_cutoff_ms") else None,
+        output_prefix=m.output_prefix,
+        table_options=TableOptions(
+            block_size=o.block_size,
+            bloom_bits_per_key=o.bloom_bits_per_key,
+            compression=o.compression,
+            compression_level=o.compression_level,
+        ),
+        key_range=(
+            r.start if r.HasField("start") else None,
+            r.end if r.HasField("end") else None,
+        ),
+        score=m.score,
+    )
+
+
+def result_to_proto(result: CompactionResult) -> pb.CompactionResult:
+    s = result.stats
+    return pb.CompactionResult(
+        result_version=result.version,
+        compaction_id=result.compaction_id,
+        outputs=[_table_to_proto(t) for t in result.outputs],
+        stats=pb.CompactionStats(
+            input_entries=s.input_entries,
+            output_entries=s.output_entries,
+            dropped_tombstones=s.dropped_tombstones,
+            dropped_expired=s.dropped_expired,
+            input_bytes=s.input_bytes,
+            output_bytes=s.output_bytes,
+            cpu_seconds=s.cpu_seconds,
+            wall_seconds=s.wall_seconds,
+        ),
+    )
+
+
+def result_from_proto(m: pb.CompactionResult) -> CompactionResult:
+    if m.result_version != RESULT_VERSION:
+        raise ValueError(f"unsupported result_version {m.result_version}")
+    if not m.HasField("stats"):
+        raise ValueError("result without stats")
+    s = m.stats
+    return CompactionResult(
+        version=m.result_version,
+        compaction_id=m.compaction_id,
+        outputs=tuple(map(_table_from_proto, m.outputs)),
+        stats=CompactionStats(
+            input_entries=s.input_entries,
+            output_entries=s.output_entries,
+            dropped_tombstones=s.dropped_tombstones,
+            dropped_expired=s.dropped_expired,
+            input_bytes=s.input_bytes,
+            output_bytes=s.output_bytes,
+            cpu_seconds=s.cpu_seconds,
+            wall_seconds=s.wall_seconds,
+        ),
+    )

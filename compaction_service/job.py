@@ -1,0 +1,120 @@
+"""The compaction service as a streamlet job: `streamlet submit compaction_service`.
+
+The job's one long-running operator is a source that never emits: when a subtask opens, it starts
+a `CompactionServer` on the task manager's event loop (CPU work still runs in the service's
+worker processes) and registers `host:port` with the job manager through
+`RuntimeContext.register_endpoint`, so `list`/`status` show it and jobs configured with
+`compaction.service.address=job:compaction-service` find it. Cancelling the job stops the server.
+
+Its configuration (job keys, e.g. `-D compaction.service.port=50051`):
+`compaction.service.port` (0: any free port; with parallelism p, subtask i binds port + i),
+`compaction.service.workers`, `compaction.service.allowed-roots` (default: `cluster.dir`),
+`cluster.bind-host` and `dfs.storage-options` (the service's own DFS access).
+
+While it serves, its totals are Prometheus metrics (`compaction_service_*{endpoint=...}`) on its
+task manager's `/metrics`.
+"""
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from compaction_service.server import CompactionServer, ServiceConfig
+from streamlet import Job, RuntimeContext
+from streamlet.config import Configuration
+from streamlet.connectors import BlackholeSink
+from streamlet.connectors.base import Source, SourceReader
+
+JOB_NAME = "compaction-service"
+IDLE_WAIT_S = 0.2
+
+
+def service_config(config: Configuration, subtask_index: int) -> ServiceConfig:
+    """The service settings a subtask of the job runs with."""
+    roots = [r.strip() for r in config.get("compaction.service.allowed-roots").split(",")]
+    port = config.get("compaction.service.port")
+    return ServiceConfig(
+        allowed_roots=tuple(r for r in roots if r) or (config.get("cluster.dir"),),
+        host=config.get("cluster.bind-host"),
+        port=port + subtask_index if port else 0,
+        workers=config.get("compaction.service.workers"),
+        storage_options=config.get("dfs.storage-options"),
+    )
+
+
+class ServiceMetrics(Collector):
+    """The service's totals as Prometheus metrics, labelled with its endpoint."""
+
+    COUNTERS = {
+        "accepted": "Compaction tasks accepted",
+        "completed": "Compaction tasks completed",
+        "failed": "Compaction tasks failed",
+        "cancelled": "Compaction tasks cancelled",
+        "rejected": "Requests rejected because the queue was full",
+        "input_bytes": "Table bytes read",
+        "output_bytes": "Table bytes written",
+        "cpu_seconds": "CPU seconds spent compacting (moved off the jobs)",
+    }
+
+    def __init__(self, server: CompactionServer, endpoint: str) -> None:
+        self.server = server
+        self.endpoint = endpoint
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.server.dispatcher.totals
+        for key, doc in self.COUNTERS.items():
+            family = CounterMetricFamily(f"compaction_service_{key}", doc, labels=["endpoint"])
+            family.add_metric([self.endpoint], float(getattr(totals, key)))
+            yield family
+        queued = GaugeMetricFamily(
+            "compaction_service_queued", "Tasks waiting for a worker", labels=["endpoint"]
+        )
+        queued.add_metric([self.endpoint], self.server.dispatcher.scheduler.queued)
+        yield queued
+
+
+class _ServingReader(SourceReader):
+    def __init__(self, context: RuntimeContext) -> None:
+        self.context = context
+        self.server: CompactionServer | None = None
+        self.metrics: ServiceMetrics | None = None
+
+    async def open(self, position: Any | None) -> None:
+        config = service_config(self.context.config or Configuration(), self.context.subtask_index)
+        self.server = CompactionServer(config)
+        port = await self.server.start()
+        host = socket.gethostname() if config.host in ("0.0.0.0", "::") else config.host
+        self.metrics = ServiceMetrics(self.server, f"{host}:{port}")
+        REGISTRY.register(self.metrics)
+        self.context.register_endpoint(f"{host}:{port}")
+
+    async def read_batch(self, max_records: int) -> list[Any]:
+        await asyncio.sleep(IDLE_WAIT_S)
+        return []
+
+    def position(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self.metrics is not None:
+            REGISTRY.unregister(self.metrics)
+        if self.server is not None:
+            await self.server.stop()
+
+
+class CompactionServiceSource(Source):
+    """Serves compactions while the job runs; emits nothing."""
+
+    def create_reader(self, context: RuntimeContext) -> SourceReader:
+        return _ServingReader(context)
+
+
+job = Job(JOB_NAME)
+job.source(CompactionServiceSource(), name="compaction-service").sink(
+    BlackholeSink(), name="discard"
+)

@@ -1,0 +1,332 @@
+"""The compaction service: the gRPC servicer, the server's lifecycle and its configuration.
+
+A Compact request is decoded and checked (INVALID_ARGUMENT, PERMISSION_DENIED), split into
+subcompactions when it is large enough, admitted as tasks (RESOURCE_EXHAUSTED at once when the
+queue is full) and awaited. Every request gets a fresh run token, and each of its tasks writes
+under `<spec.output_prefix>r<token>s<i>-`: still inside the prefix the primary protects from its
+garbage collector, but unique to this run, so deleting a run's outputs never touches the outputs
+of another run of the same spec (e.g. the client's local fallback).
+
+If the client goes away (its deadline passes, or it cancels), gRPC cancels the handler and every
+task of the request is stopped and its outputs deleted. A result that is ready only after the
+deadline is deleted instead of returned. The service's own storage options (DFS endpoint and
+credentials) come from its configuration, never from a request.
+"""
+
+import asyncio
+import logging
+import secrets
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from compaction_service.convert import result_to_proto, spec_from_proto
+from compaction_service.dispatcher import Dispatcher, JobCancelled
+from compaction_service.proto import compaction_pb2 as pb
+from compaction_service.proto import compaction_pb2_grpc as pb_grpc
+from compaction_service.scheduler import QueueFull, Scheduler, Task, make_policy
+from compaction_service.security import (
+    AccessDenied,
+    RootGuard,
+    TokenInterceptor,
+    server_credentials,
+)
+from compaction_service.subcompactions import input_bytes, join_results, subspecs
+from compaction_service.worker_pool import CompactionFn, TaskFailed, WorkerLost, WorkerPool
+from statebackend.lsm.compaction_job import CompactionSpec, run_compaction
+
+log = logging.getLogger("compaction_service")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompactionService"].full_name
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # set: mutual TLS (client certificates required)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    allowed_roots: tuple[str, ...]
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port (see CompactionServer.port)
+    workers: int = 2
+    policy: str = "round_robin"
+    queue_capacity: int = 64  # tasks waiting for a worker
+    per_db_capacity: int | None = None  # default: half the queue
+    subcompaction_min_bytes: int = 8 << 20  # a piece reads at least this much
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    token: str | None = None
+    tls: TlsConfig | None = None
+    max_message_bytes: int = 16 << 20
+    compaction_fn: CompactionFn = run_compaction
+
+
+class CompactionServicer(pb_grpc.CompactionServiceServicer):
+    def __init__(self, config: ServiceConfig, dispatcher: Dispatcher) -> None:
+        self.config = config
+        self.guard = RootGuard(config.allowed_roots)
+        self.dispatcher = dispatcher
+        self._jobs: dict[tuple[str, str], list[Task]] = {}  # (db_root, compaction_id) -> tasks
+
+    def _pieces(self, spec: CompactionSpec, allowed: bool) -> int:
+        if not allowed:
+            return 1
+        by_size = input_bytes(spec) // self.config.subcompaction_min_bytes
+        return max(1, min(self.config.workers, by_size))
+
+    async def Compact(
+        self, request: pb.CompactRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompactResponse:
+        try:
+            spec = spec_from_proto(request.spec)
+        except (ValueError, TypeError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed spec: {e}")
+        try:
+            self.guard.check_spec(spec)
+        except AccessDenied as e:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e))
+        key = (spec.db_root, spec.compaction_id)
+        if key in self._jobs:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"compaction {spec.compaction_id} is running"
+            )
+        run = secrets.token_hex(4)
+        pieces = subspecs(spec, self._pieces(spec, request.allow_subcompactions))
+        cost = input_bytes(spec) // len(pieces)  # an estimate: ranges cut the bytes about evenly
+        tasks = [
+            Task(
+                f"{spec.compaction_id}/{run}/{i}",
+                replace(sub, output_prefix=f"{spec.output_prefix}r{run}s{i}-"),
+                cost,
+            )
+            for i, sub in enumerate(pieces)
+        ]
+        loop = asyncio.get_running_loop()
+        queued_at = loop.time()
+        try:
+            futures = self.dispatcher.submit(tasks)
+        except QueueFull as e:
+            self.dispatcher.totals.rejected += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        self.dispatcher.totals.accepted += 1
+        self._jobs[key] = tasks
+        log.info(
+            "perform compaction on compaction-service side: compaction_id=%s db_root=%s "
+            "inputs=%d input_bytes=%d output_level=%d subcompactions=%d",
+            spec.compaction_id,
+            spec.db_root,
+            sum(len(i.tables) for i in spec.inputs),
+            input_bytes(spec),
+            spec.output_level,
+            len(tasks),
+        )
+        try:
+            results = await asyncio.gather(*futures)
+        except BaseException as e:
+            for task in tasks:  # stop the other pieces; delete whatever any piece wrote
+                self.dispatcher.cancel(task)
+            if isinstance(e, asyncio.CancelledError):
+                log.info("compaction %s: the client went away; stopped", spec.compaction_id)
+                raise
+            await self._abort_failed(context, spec, e)
+            raise
+        finally:
+            del self._jobs[key]
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            # Finished just as the deadline passed (before gRPC cancelled this handler): the
+            # client has fallen back already, so this result must not survive.
+            for task in tasks:
+                self.dispatcher.cancel(task)
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "finished after the deadline")
+        started = min(t.started_at if t.started_at is not None else queued_at for t in tasks)
+        return pb.CompactResponse(
+            result=result_to_proto(join_results(spec.compaction_id, results)),
+            subcompactions=len(tasks),
+            queue_seconds=max(0.0, started - queued_at),
+        )
+
+    async def _abort_failed(
+        self, context: grpc.aio.ServicerContext, spec: CompactionSpec, e: BaseException
+    ) -> None:
+        log.warning("compaction %s failed: %s", spec.compaction_id, e)
+        if isinstance(e, JobCancelled):
+            await context.abort(grpc.StatusCode.CANCELLED, str(e))
+        if isinstance(e, WorkerLost):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        if isinstance(e, TaskFailed):
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+
+    async def Cancel(
+        self, request: pb.CancelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelResponse:
+        tasks = self._jobs.get((request.db_root, request.compaction_id))
+        if tasks is None:
+            return pb.CancelResponse(cancelled=False)
+        log.info("cancelling compaction %s of %s", request.compaction_id, request.db_root)
+        for task in tasks:
+            self.dispatcher.cancel(task)
+        return pb.CancelResponse(cancelled=True)
+
+    async def Status(
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StatusResponse:
+        d = self.dispatcher
+        s = d.scheduler
+        now = asyncio.get_running_loop().time()
+        t = d.totals
+        return pb.StatusResponse(
+            policy=s.policy.name,
+            queued=s.queued,
+            queue_capacity=s.capacity,
+            running=[
+                pb.JobStatus(
+                    compaction_id=task.spec.compaction_id,
+                    db_root=task.db,
+                    worker=w,
+                    running_seconds=now - (task.started_at or now),
+                )
+                for w, task in enumerate(s.running)
+                if task is not None
+            ],
+            workers=[
+                pb.WorkerStatus(
+                    worker=w.index,
+                    alive=w.alive,
+                    queued=len(s.queues[w.index]),
+                    queued_bytes=s.loads[w.index],
+                    running_compaction_id=(
+                        s.running[w.index].spec.compaction_id if s.running[w.index] else ""
+                    ),
+                    completed=w.completed,
+                    busy_seconds=w.busy_seconds,
+                )
+                for w in d.pool.workers
+            ],
+            totals=pb.Totals(
+                accepted=t.accepted,
+                completed=t.completed,
+                failed=t.failed,
+                cancelled=t.cancelled,
+                rejected=t.rejected,
+                input_bytes=t.input_bytes,
+                output_bytes=t.output_bytes,
+                cpu_seconds=t.cpu_seconds,
+            ),
+        )
+
+
+class CompactionServer:
+    """One running service: `await start()`, then `port`; `await stop()` releases everything."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.port = 0
+        pool = WorkerPool(config.workers, config.storage_options, config.compaction_fn)
+        scheduler = Scheduler(
+            config.workers,
+            make_policy(config.policy),
+            config.queue_capacity,
+            config.per_db_capacity,
+        )
+        self.dispatcher = Dispatcher(pool, scheduler, config.storage_options)
+        self.servicer = CompactionServicer(config, self.dispatcher)
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        c = self.config
+        await self.dispatcher.start()
+        server = grpc.aio.server(
+            interceptors=[TokenInterceptor(c.token)] if c.token else None,
+            options=[
+                ("grpc.max_receive_message_length", c.max_message_bytes),
+                ("grpc.max_send_message_length", c.max_message_bytes),
+            ],
+        )
+        pb_grpc.add_CompactionServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        address = f"{c.host}:{c.port}"
+        if c.tls is not None:
+            creds = server_credentials(c.tls.cert_file, c.tls.key_file, c.tls.client_ca_file)
+            self.port = server.add_secure_port(address, creds)
+        else:
+            self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"could not bind {address}")
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "compaction service listening on %s:%d (workers=%d, policy=%s, roots=%s)",
+            c.host,
+            self.port,
+            c.workers,
+            c.policy,
+            ",".join(c.allowed_roots),
+        )
+        return self.port
+
+    async def stop(self, grace: float = 1.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.dispatcher.close()
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+class BackgroundService:
+    """A `CompactionServer` on its own event loop in a daemon thread (for embedding and tests)."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.server = CompactionServer(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="compaction-service", daemon=True
+        )
+
+    def start(self) -> int:
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def call(self, coroutine: Any) -> Any:
+        """Run a coroutine on the service's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.call(self.server.stop(0))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> "BackgroundService":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,122 @@
+"""Builders shared by the compaction service tests: input tables, specs and the reference answer.
+
+Also holds compaction functions the tests inject into worker processes (they must be importable
+by a spawned process): `blocking_compaction` parks forever, so a test controls when it stops.
+"""
+
+import posixpath
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from statebackend.dfs import filesystem, join
+from statebackend.lsm.compaction_job import (
+    SPEC_VERSION,
+    CompactionInput,
+    CompactionResult,
+    CompactionSpec,
+    run_compaction,
+)
+from statebackend.lsm.table import FsFileSource, TableMeta, TableOptions, TableReader, write_table
+
+OPTIONS = TableOptions(block_size=4096)
+
+
+def write_tables(
+    root: str,
+    tables: int,
+    entries: int,
+    seed: int = 1,
+    storage_options: Mapping[str, Any] | None = None,
+    value_size: int = 40,
+) -> list[TableMeta]:
+    """`tables` L0 tables (newest first) of random keys, overlapping, some tombstones."""
+    rng = random.Random(seed)
+    fs, path = filesystem(join(root, "tables"), storage_options or {})
+    fs.makedirs(path, exist_ok=True)
+    metas = []
+    for n in range(tables):
+        keys = sorted({rng.randbytes(12) for _ in range(entries)})
+        # b"\x00": the TTL envelope of a value that never expires (statebackend.ttl)
+        rows = [
+            (k, None if rng.random() < 0.05 else b"\x00" + rng.randbytes(value_size)) for k in keys
+        ]
+        name = f"in{n:03d}-{uuid.uuid4().hex[:8]}.sst"
+        metas.append(write_table(fs, posixpath.join(path, name), name, rows, OPTIONS, "test"))
+    return metas[::-1]
+
+
+def make_spec(
+    root: str, tables: list[TableMeta], compaction_id: str | None = None, **overrides: Any
+) -> CompactionSpec:
+    """A bottommost L0 -> L1 compaction of `tables` (override any spec field by keyword)."""
+    fields: dict[str, Any] = dict(
+        version=SPEC_VERSION,
+        compaction_id=compaction_id or uuid.uuid4().hex[:16],
+        db_root=root,
+        inputs=(CompactionInput(0, tuple(tables)),),
+        output_level=1,
+        target_file_size=256 << 10,
+        bottommost=True,
+        ttl_cutoff_ms=None,
+        output_prefix="000001-ctest-",
+        table_options=OPTIONS,
+    )
+    fields.update(overrides)
+    return CompactionSpec(**fields)
+
+
+def read_outputs(
+    root: str, result: CompactionResult, storage_options: Mapping[str, Any] | None = None
+) -> list[tuple[bytes, bytes | None]]:
+    fs, path = filesystem(join(root, "tables"), storage_options or {})
+    rows: list[tuple[bytes, bytes | None]] = []
+    for meta in result.outputs:
+        source = FsFileSource(fs, posixpath.join(path, meta.name), meta.size)
+        rows.extend(TableReader(source, meta.name).scan())
+    return rows
+
+
+def table_names(root: str, storage_options: Mapping[str, Any] | None = None) -> set[str]:
+    fs, path = filesystem(join(root, "tables"), storage_options or {})
+    return {posixpath.basename(p) for p in fs.ls(path, detail=False)}
+
+
+def blocking_compaction(
+    spec: CompactionSpec, storage_options: Mapping[str, Any], creator: str
+) -> CompactionResult:
+    """Writes a partial output, then blocks forever (until its worker is killed)."""
+    fs, path = filesystem(join(spec.db_root, "tables"), storage_options)
+    fs.pipe_file(posixpath.join(path, f"{spec.output_prefix}partial-0000.sst"), b"partial")
+    threading.Event().wait()
+    raise AssertionError("unreachable")
+
+
+def failing_compaction(
+    spec: CompactionSpec, storage_options: Mapping[str, Any], creator: str
+) -> CompactionResult:
+    raise OSError(f"disk on fire while compacting {spec.compaction_id}")
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll `predicate` (a state the test cannot be notified of) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout}s")
+        time.sleep(0.02)
+
+
+def lying_compaction(
+    spec: CompactionSpec, storage_options: Mapping[str, Any], creator: str
+) -> CompactionResult:
+    """Compacts for real, then misreports how many entries it wrote."""
+    result = run_compaction(spec, storage_options, creator)
+    stats = replace(result.stats, output_entries=result.stats.output_entries + 1)
+    return replace(result, stats=stats)
