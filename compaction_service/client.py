@@ -35,7 +35,12 @@ from compaction_service.proto import compaction_pb2_grpc as pb_grpc
 from compaction_service.subcompactions import input_bytes
 from statebackend.dfs import filesystem, join
 from statebackend.lsm.compaction_job import TABLES_DIR, CompactionResult, CompactionSpec
-from statebackend.lsm.compactor import IN_PROCESS_PROTOCOLS, Compactor, LocalCompactor
+from statebackend.lsm.compactor import (
+    IN_PROCESS_PROTOCOLS,
+    Compactor,
+    LocalCompactor,
+    register_compaction_mode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -363,3 +368,25 @@ class RemoteCompactor:
                 spec.compaction_id,
             )
             self._discard(spec, result.outputs, options)
+
+
+def remote_compactor(options: Mapping[str, Any], in_process: bool) -> RemoteCompactor:
+    """The `remote` compaction mode: a RemoteCompactor built from backend options.
+
+    `compaction_service_address` is a comma-separated list of host:port; optional:
+    `compaction_service_token` and `compaction_service_deadline_s`.
+    """
+    address = str(options.get("compaction_service_address") or "")
+    endpoints = [part.strip() for part in address.split(",") if part.strip()]
+    if not endpoints:
+        raise ValueError(
+            "compaction.mode is remote, but compaction.service.address names no host:port"
+        )
+    return RemoteCompactor(
+        endpoints,
+        token=options.get("compaction_service_token") or None,
+        deadline_s=float(options.get("compaction_service_deadline_s") or 300.0),
+    )
+
+
+register_compaction_mode("remote", remote_compactor)

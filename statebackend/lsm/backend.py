@@ -16,18 +16,25 @@ Options (`context.options`, all optional, strings are converted, the `lsm.` pref
 `lsm.file_cache_bytes`, `lsm.gc_grace_s`), `lsm.block_size`, `lsm.bloom_bits_per_key`,
 `lsm.compression`, `lsm.compression_level` (table options) and `lsm.root`. The file cache
 lives below `context.local_dir/context.scope` unless `lsm.local_dir` is given.
+
+`compaction_mode` (`local`, or a mode the runtime registered such as `remote`) and
+`compaction_service_address` choose the compactor: one per mode and address, shared by every DB
+the factory opens (see `statebackend.lsm.compactor`).
 """
 
 import dataclasses
 import os
 import posixpath
 import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from fsspec.core import split_protocol
+
 from statebackend.dfs import FileRef, join, read_verified
 from statebackend.errors import InvalidHandleError
-from statebackend.lsm.compactor import Compactor
+from statebackend.lsm.compactor import IN_PROCESS_PROTOCOLS, Compactor, create_compactor
 from statebackend.lsm.db import LsmDB, LsmOptions
 from statebackend.lsm.manifest import SUFFIX
 from statebackend.lsm.table import TableOptions
@@ -88,6 +95,22 @@ class LsmStoreFactory:
 
     def __init__(self, compactor: Compactor | None = None) -> None:
         self.compactor = compactor
+        # One compactor per (mode, address, in-process file system), shared by the DBs opened.
+        self._shared: dict[tuple[str, str, bool], Compactor] = {}
+        self._lock = threading.Lock()
+
+    def _compactor_for(self, context: StoreContext) -> Compactor:
+        if self.compactor is not None:
+            return self.compactor
+        options = context.options
+        mode = str(options.get("compaction_mode") or "local")
+        address = str(options.get("compaction_service_address") or "")
+        protocol = split_protocol(context.checkpoint_dir)[0] or "file"
+        key = (mode, address, protocol in IN_PROCESS_PROTOCOLS)
+        with self._lock:
+            if key not in self._shared:
+                self._shared[key] = create_compactor(mode, options, key[2])
+            return self._shared[key]
 
     def open(self, context: StoreContext, restore: StoreHandle | None) -> LsmStore:
         # Plain names of LSM options are taken too; other plain names belong to other layers,
@@ -101,11 +124,12 @@ class LsmStoreFactory:
         local_dir = os.path.join(context.local_dir, context.scope)
         raw.setdefault("local_dir", local_dir)
         options = parse_options(raw)
+        compactor = self._compactor_for(context)
         if restore is None:
-            db = LsmDB(root, options, context.storage_options, self.compactor, fresh=True)
+            db = LsmDB(root, options, context.storage_options, compactor, fresh=True)
         else:
             root, number = _check_handle(restore, context)
-            db = LsmDB(root, options, context.storage_options, self.compactor, number)
+            db = LsmDB(root, options, context.storage_options, compactor, number)
         return LsmStore(db, context, local_dir)
 
 

@@ -8,6 +8,10 @@ A remote compactor (the compaction service's client) implements the same interfa
 `CompactionRegistry` is the DB's book of started compactions: which are registered (their result
 may be installed), which were abandoned (cancelled or timed out: their outputs get deleted).
 
+A compaction mode names how a backend gets its compactor: `local` is built in; the runtime
+registers `remote` (the compaction service's client) with `register_compaction_mode`, so this
+package never imports the service.
+
 `LocalCompactor` runs `run_compaction` in worker processes (spawned, so no fork of a threaded
 writer), which keeps compaction CPU off the writer's GIL. A DB rooted on an in-process file system
 (memory://) cannot be read from another process, so for those the compactor uses threads.
@@ -18,7 +22,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,6 +70,34 @@ class LocalCompactor:
     def close(self) -> None:
         """Cancel queued work and wait for running work, so nothing writes after close."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+CompactorFactory = Callable[[Mapping[str, Any], bool], Compactor]
+"""Builds a compactor from backend options; the flag is True for DBs on an in-process file
+system (memory://), whose files other processes cannot read."""
+
+
+def _local_compactor(options: Mapping[str, Any], in_process: bool) -> Compactor:
+    workers = int(options.get("lsm.compaction_workers", options.get("compaction_workers", 2)))
+    return LocalCompactor(workers, processes=not in_process)
+
+
+_modes: dict[str, CompactorFactory] = {"local": _local_compactor}
+
+
+def register_compaction_mode(mode: str, factory: CompactorFactory) -> None:
+    """Make `compaction_mode=<mode>` build compactors with `factory`."""
+    _modes[mode] = factory
+
+
+def create_compactor(mode: str, options: Mapping[str, Any], in_process: bool) -> Compactor:
+    """The compactor of `mode`; a ValueError names the modes there are."""
+    factory = _modes.get(mode)
+    if factory is None:
+        raise ValueError(
+            f"unknown compaction mode {mode!r}; known modes: {', '.join(sorted(_modes))}"
+        )
+    return factory(options, in_process)
 
 
 @dataclass
@@ -160,8 +192,18 @@ class CompactionRegistry:
         with self._lock:
             return len(self._abandoned)
 
-    def cancel_all(self) -> None:
+    def drain(self, timeout_s: float) -> list[CompactionResult]:
+        """Abandon every compaction, wait up to `timeout_s` for the running ones to stop, and
+        return the results of those that finished (whose outputs the caller deletes)."""
         with self._lock:
-            futures = [r.future for r in self.running.values()]
-        for f in futures:
-            f.cancel()
+            ids = list(self.running)
+        for compaction_id in ids:
+            self.abandon(compaction_id, "stopped: the DB is closing")
+        with self._lock:
+            abandoned, self._abandoned = self._abandoned, []
+        wait([r.future for r in abandoned], timeout=timeout_s)
+        return [
+            r.future.result()
+            for r in abandoned
+            if r.future.done() and not r.future.cancelled() and r.future.exception() is None
+        ]

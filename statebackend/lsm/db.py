@@ -398,7 +398,10 @@ class LsmDB:
             self._closed = True
             self._wake_locked()
         self._thread.join()
-        self._compactions.cancel_all()
+        # A compactor outlives the DB when it is shared: wait for this DB's running work, so no
+        # compaction writes below the root after close, and delete what it wrote.
+        for result in self._compactions.drain(self.o.compaction_timeout_s):
+            self._delete_outputs(result)
         for request in self._manual:
             request.set_exception(RuntimeError(f"LSM DB {self.root} closed"))
         if self._own_compactor:
