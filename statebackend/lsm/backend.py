@@ -78,6 +78,16 @@ class LsmStore:
             "key_groups": [kg.start, kg.end],
         }
 
+    def metrics(self) -> dict[str, float]:
+        """Compactions installed, by where they ran, and their CPU seconds (for progress lines)."""
+        db = self.db
+        return {
+            "compactions_local": db.compactions_installed - db.compactions_remote,
+            "compactions_remote": db.compactions_remote,
+            "compaction_cpu_seconds_local": db.compaction_cpu_seconds["local"],
+            "compaction_cpu_seconds_remote": db.compaction_cpu_seconds["remote"],
+        }
+
     def release(self, handle: StoreHandle, retained: Sequence[StoreHandle]) -> None:
         """Unpin a checkpoint that is no longer retained (the retained ones keep their pins)."""
         if handle.get("db_root") == self.db.root:

@@ -158,6 +158,9 @@ class LsmDB:
         self._closed = False
         self._next_gc = time.monotonic() + o.gc_interval_s
         self.compactions_installed = 0
+        # Installed compactions by where they ran (a service writes tables as "remote:<host>").
+        self.compactions_remote = 0
+        self.compaction_cpu_seconds = {"local": 0.0, "remote": 0.0}
         self._thread = threading.Thread(
             target=self._bg_loop, name=f"lsm-bg-{self.epoch}", daemon=True
         )
@@ -573,6 +576,9 @@ class LsmDB:
             return
         self._compaction_failures = 0
         self.compactions_installed += 1
+        ran = "remote" if any(t.creator.startswith("remote:") for t in result.outputs) else "local"
+        self.compactions_remote += ran == "remote"
+        self.compaction_cpu_seconds[ran] += result.stats.cpu_seconds
         if r.done is not None:
             r.done.set_result(None)
         log.info("compaction %s installed %d outputs", r.spec.compaction_id, len(result.outputs))

@@ -41,6 +41,10 @@ def test_backend_in_remote_mode_compacts_on_the_service(start_service, tmp_path)
     compactor = db.compactor
     assert compactor.stats.remote_ok >= 1
     assert compactor.stats.fallbacks == 0
+    metrics = backend.store.metrics()
+    assert metrics["compactions_remote"] == compactor.stats.remote_ok
+    assert metrics["compactions_local"] == 0
+    assert metrics["compaction_cpu_seconds_remote"] > 0
     for i in range(0, 3000, 97):
         backend.set_current_key(i)
         assert state.value() == "x" * 50

@@ -526,3 +526,19 @@ def test_parse_options() -> None:
         parse_options({"nope": 1})
     with pytest.raises(ValueError, match="cannot use"):
         parse_options({"memtable_bytes": "lots"})
+
+
+def test_backend_metrics_count_local_compactions(tmp_path) -> None:  # noqa: ANN001
+    factory = LsmStoreFactory(LocalCompactor(1, processes=False))
+    store = factory.open(context(tmp_path), None)
+    assert store.metrics()["compactions_local"] == 0
+    for i in range(2000):
+        store.put(key(i), b"v" * 20)
+    store.db.flush()
+    store.db.compact()
+    metrics = store.metrics()
+    assert metrics["compactions_local"] >= 1
+    assert metrics["compactions_remote"] == 0
+    assert metrics["compaction_cpu_seconds_local"] > 0
+    store.dispose()
+    factory.compactor.close()
