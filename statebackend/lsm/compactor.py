@@ -201,7 +201,8 @@ class CompactionRegistry:
             self.abandon(compaction_id, "stopped: the DB is closing")
         with self._lock:
             abandoned, self._abandoned = self._abandoned, []
-        wait([r.future for r in abandoned], timeout=timeout_s)
+        # A cancelled future that no executor owns never counts as done for `wait`: skip those.
+        wait([r.future for r in abandoned if not r.future.cancelled()], timeout=timeout_s)
         return [
             r.future.result()
             for r in abandoned

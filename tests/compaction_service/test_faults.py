@@ -206,3 +206,30 @@ def test_bad_clients_are_rejected_and_good_ones_still_served(
         assert set(table_names(outside)) and len(table_names(outside)) == 1
     finally:
         compactor.close()
+
+
+@pytest.mark.timeout(120)  # far below the DB's compaction timeout: closing must not wait for it
+def test_closing_a_db_cancels_its_remote_compaction(process_runner, tmp_path: Path) -> None:
+    root = f"file://{tmp_path}/data"
+    service, port = _start_blocking(process_runner, root, queue_size=8)
+    compactor = RemoteCompactor([f"127.0.0.1:{port}"], deadline_s=300)
+    options = LsmOptions(memtable_bytes=16 << 10, l0_compaction_trigger=2)
+    db = LsmDB(f"{root}/db", options, compactor=compactor)
+    try:
+        i = 0
+        while PERFORM not in service.output():
+            db.put(b"k%06d" % i, b"v" * 100)
+            i += 1
+        wait_until(
+            lambda: any("partial" in n for n in table_names(f"{root}/db")),
+            what="the remote compaction wrote a partial output",
+        )
+        db.close()  # returns at once: the remote call is cancelled, not awaited
+        wait_until(
+            lambda: not any("partial" in n for n in table_names(f"{root}/db")),
+            what="the service deleted the cancelled compaction's partial output",
+        )
+        assert compactor.stats.remote_ok == 0
+    finally:
+        db.close()
+        compactor.close()
