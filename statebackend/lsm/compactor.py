@@ -153,7 +153,7 @@ class CompactionRegistry:
         with self._lock:
             return tuple(r.spec.output_prefix for r in self.running.values())
 
-    def abandon(self, compaction_id: str, why: str) -> bool:
+    def abandon(self, compaction_id: str, why: str, level: int = logging.WARNING) -> bool:
         with self._lock:
             r = self.running.pop(compaction_id, None)
             if r is not None:
@@ -163,7 +163,7 @@ class CompactionRegistry:
         r.future.cancel()
         if r.done is not None:
             r.done.set_exception(RuntimeError(f"compaction {compaction_id} {why}"))
-        log.warning("compaction %s %s; its outputs will be deleted", compaction_id, why)
+        log.log(level, "compaction %s %s; its outputs will be deleted", compaction_id, why)
         return True
 
     def unregister(self, r: Running) -> bool:
@@ -198,7 +198,7 @@ class CompactionRegistry:
         with self._lock:
             ids = list(self.running)
         for compaction_id in ids:
-            self.abandon(compaction_id, "stopped: the DB is closing")
+            self.abandon(compaction_id, "stopped: the DB is closing", logging.INFO)
         with self._lock:
             abandoned, self._abandoned = self._abandoned, []
         # A cancelled future that no executor owns never counts as done for `wait`: skip those.
