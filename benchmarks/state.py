@@ -25,7 +25,7 @@ from statebackend import (
 from statebackend.layout import prefix_end
 from statebackend.rocksdb import no_wal_write_options, rocksdb_options
 
-BACKENDS = ["memory", "rocksdb"]
+BACKENDS = ["memory", "rocksdb", "lsm"]
 VALUE = "v" * 100
 
 
