@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from statebackend import BackendConfig, KeyedStateBackend, KeyGroupRange, create_backend
+from tests.support.checkpoints import referenced_files
 
 # (backend, where its checkpoint_dir lives): every backend on local files, and the disaggregated
 # `lsm` also on an in-process file system and on S3 (the moto server), where its tables live.
@@ -102,18 +103,6 @@ def subtask_ranges(max_parallelism: int, parallelism: int) -> list[KeyGroupRange
 
 def checkpoint_files(handle: dict) -> list[str]:
     """The checkpoint files a handle references, whatever the backend's handle layout."""
-    found: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if "path" in node and "checksum" in node:
-                found.append(node["path"])
-            for child in node.values():
-                walk(child)
-        elif isinstance(node, list):
-            for child in node:
-                walk(child)
-
-    walk(handle["store"])
+    found = referenced_files(handle["store"])
     assert found, "the handle references no files"
     return found

@@ -16,6 +16,7 @@ from streamlet.errors import CheckpointError, OperatorError
 from streamlet.executor import execute_job
 from streamlet.metrics import JobMetrics
 from tests.runtime.support import CollectSink, local_config
+from tests.support.checkpoints import referenced_files
 
 KEYS = [f"k{i}" for i in range(20)]
 
@@ -221,21 +222,11 @@ def _state_files(root: Path) -> set[str]:
 
 
 def _referenced_files(storage: CheckpointStorage) -> set[str]:
-    referenced: set[str] = set()
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if "path" in node and "checksum" in node:
-                referenced.add(node["path"])
-            for child in node.values():
-                walk(child)
-        elif isinstance(node, list):
-            for child in node:
-                walk(child)
-
-    for checkpoint_id in storage.checkpoint_ids():
-        walk(storage.read(checkpoint_id))
-    return referenced
+    return {
+        path
+        for checkpoint_id in storage.checkpoint_ids()
+        for path in referenced_files(storage.read(checkpoint_id))
+    }
 
 
 @pytest.mark.parametrize("backend", ["memory", "rocksdb"])
