@@ -20,7 +20,13 @@ demo: $(INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 
+# The dashboard test drives Debian's headless Chromium; install it once if it is missing (when the
+# install cannot run, the test fails and says so).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 test: lint
+	-command -v chromium >/dev/null 2>&1 || \
+		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
 	$(BIN)/python -m pytest
 
 clean:

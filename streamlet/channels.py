@@ -13,6 +13,7 @@ and reports the end of input once every channel ended.
 import asyncio
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from streamlet.elements import (
     END_OF_INPUT,
@@ -25,6 +26,12 @@ from streamlet.elements import (
 )
 
 Batch = list[Element]
+
+
+class ChannelSink(Protocol):
+    """The producer's end of a channel: a local `Channel`, or one to another process."""
+
+    async def put(self, batch: Batch) -> None: ...
 
 
 class Channel:
@@ -47,6 +54,12 @@ class Channel:
         while len(self._batches) >= self._capacity:
             self._space.clear()
             await self._space.wait()
+        self._batches.append(batch)
+        if self._data_signal is not None:
+            self._data_signal.set()
+
+    def offer(self, batch: Batch) -> None:
+        """Append without waiting: for a producer that knows there is room (network credits)."""
         self._batches.append(batch)
         if self._data_signal is not None:
             self._data_signal.set()

@@ -182,6 +182,7 @@ class CheckpointCoordinator:
             }
             path = await asyncio.to_thread(self.storage.write, metadata)
             self.metrics.checkpoints += 1
+            self.metrics.last_checkpoint_id = checkpoint_id
             log.info(
                 "checkpoint %d completed in %.0f ms%s: %s",
                 checkpoint_id,

@@ -3,18 +3,15 @@
 import argparse
 import sys
 
-from statebackend import backend_names
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamlet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
-        "demo", help="keyed word count through the state backends, with a crash and restore"
+        "demo", help="the paper job on the lsm backend, compactions offloaded to a service"
     )
-    demo.add_argument("--backend", choices=backend_names(), action="append")
-    demo.add_argument("--words", type=int, default=200_000)
-    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--rows", type=int, default=30_000, help="rows per source")
+    demo.add_argument("-p", "--parallelism", type=int, default=2)
     service = commands.add_parser(
         "compaction-service", help="serve LSM compactions over gRPC (for development)"
     )
@@ -41,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         help="set a configuration key (see docs/configuration.md); repeatable",
     )
     run.add_argument("--config", help="YAML configuration file")
+    _add_cluster_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "demo":
-        return _demo(args.backend or ["memory", "rocksdb"], args.words, args.seed)
+        return _demo(args.rows, args.parallelism)
     if args.command == "compaction-service":
         from compaction_service.cli import serve
 
@@ -52,24 +50,94 @@ def main(argv: list[str] | None = None) -> int:
         return serve(**options)
     if args.command == "run":
         return _run(args.job_file, args.parallelism, args.defines, args.config)
+    if args.command in CLUSTER_COMMANDS:
+        return _cluster_command(args)
     return 2
 
 
-def _demo(backends: list[str], words: int, seed: int) -> int:
-    from streamlet.demo import run_word_count
+CLUSTER_COMMANDS = ("jobmanager", "taskmanager", "cluster", "submit", "list", "status", "cancel")
 
-    ok = True
-    for backend in backends:
-        result = run_word_count(backend, words=words, seed=seed)
-        verdict = "exact" if result.matches_expected else "WRONG"
-        print(
-            f"[{backend}] {words} words, checkpoint at word {result.checkpoint_offset}, "
-            f"crash, restore, replay: counts {verdict}"
-        )
-        for word, count in result.top:
-            print(f"  {word:<12} {count:>8}")
-        ok = ok and result.matches_expected
-    return 0 if ok else 1
+
+def _add_defines(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument(
+        "-D",
+        dest="defines",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"set a configuration key of {what} (see docs/configuration.md); repeatable",
+    )
+    command.add_argument("--config", help="YAML configuration file")
+
+
+def _add_cluster_commands(commands: "argparse._SubParsersAction") -> None:
+    """The cluster's commands (see docs/cluster.md)."""
+    jobmanager = commands.add_parser("jobmanager", help="run a job manager (REST API)")
+    jobmanager.add_argument("--host", help="interface to bind (default: cluster.bind-host)")
+    jobmanager.add_argument("--port", type=int, default=8081, help="0: any free port")
+    _add_defines(jobmanager, "the job manager")
+    taskmanager = commands.add_parser("taskmanager", help="run a task manager")
+    taskmanager.add_argument("--slots", type=int, help="default: taskmanager.slots")
+    _add_defines(taskmanager, "the task manager")
+    cluster = commands.add_parser("cluster", help="a local job manager and task managers")
+    cluster.add_argument("--taskmanagers", type=int, default=2)
+    cluster.add_argument("--slots", type=int, help="slots per task manager")
+    cluster.add_argument("--port", type=int, default=8081)
+    _add_defines(cluster, "the cluster's processes")
+    submit = commands.add_parser("submit", help="submit a job module, archive or module name")
+    submit.add_argument("target", metavar="JOB.py|ARCHIVE.zip|MODULE")
+    submit.add_argument("--entry", help="the job module inside an archive (default job.py)")
+    submit.add_argument("-p", "--parallelism", type=int)
+    for name, help_text in (
+        ("list", "list the cluster's jobs"),
+        ("status", "show a job's status"),
+        ("cancel", "cancel a job (after a final checkpoint)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        if name != "list":
+            command.add_argument("job_id", metavar="ID")
+        command.add_argument("--jobmanager", help="job manager URL (default: cluster.jobmanager)")
+        command.add_argument("--config", help="YAML configuration file (cluster.* keys)")
+    submit.add_argument("--jobmanager", help="job manager URL (default: cluster.jobmanager)")
+    _add_defines(submit, "the job (and, with --config, the client)")
+
+
+def _cluster_command(args: argparse.Namespace) -> int:
+    from streamlet.cluster import commands, local
+    from streamlet.config import ConfigError, Configuration
+    from streamlet.launcher import parse_defines
+
+    try:
+        defines = parse_defines(getattr(args, "defines", []))
+        if args.command == "submit":
+            client_overrides = {}
+        else:
+            client_overrides = defines
+        if getattr(args, "jobmanager", None):
+            client_overrides = {**client_overrides, "cluster.jobmanager": args.jobmanager}
+        config = Configuration.load(args.config, overrides=client_overrides)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.command == "jobmanager":
+        return commands.jobmanager(config, args.host, args.port)
+    if args.command == "taskmanager":
+        return commands.taskmanager(config, args.slots)
+    if args.command == "cluster":
+        return local.cluster(config, args.port, args.taskmanagers, args.slots)
+    if args.command == "submit":
+        return commands.submit(config, args.target, args.entry, args.parallelism, defines)
+    if args.command == "list":
+        return commands.list_jobs(config)
+    if args.command == "status":
+        return commands.status(config, args.job_id)
+    return commands.cancel(config, args.job_id)
+
+
+def _demo(rows: int, parallelism: int) -> int:
+    from streamlet.demo import print_demo, run_demo
+
+    return print_demo(run_demo(rows, parallelism))
 
 
 def _run(job_file: str, parallelism: int | None, defines: list[str], config: str | None) -> int:

@@ -13,6 +13,7 @@ the same keys (a test keeps the two in step).
 
 import difflib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -26,6 +27,8 @@ import yaml
 from statebackend import BackendConfig
 
 ENV_PREFIX = "STREAMLET_"
+
+log = logging.getLogger("streamlet.config")
 
 
 class ConfigError(ValueError):
@@ -86,6 +89,13 @@ def _parse_duration(value: Any) -> int:
     ms = parse_duration_ms(value)
     if ms < 0:
         raise ValueError(f"must not be negative, got {value!r}")
+    return ms
+
+
+def _parse_positive_duration(value: Any) -> int:
+    ms = _parse_duration(value)
+    if ms == 0:
+        raise ValueError("must be longer than 0 ms")
     return ms
 
 
@@ -228,11 +238,104 @@ OPTIONS: tuple[ConfigOption, ...] = (
         str,
     ),
     ConfigOption(
+        "compaction.service.token",
+        "str",
+        "",
+        "Bearer token the compaction service requires (its --token-file); empty: none. Prefer "
+        "the environment variable STREAMLET_COMPACTION_SERVICE_TOKEN.",
+        str,
+    ),
+    ConfigOption(
+        "state.options",
+        "mapping",
+        {},
+        "Backend-specific settings (a YAML mapping, or JSON in -D/environment), e.g. "
+        '{"lsm.block_cache_bytes": 0} or {"block_cache_bytes": 67108864} for rocksdb; see '
+        "docs/state-backends.md.",
+        _parse_mapping,
+    ),
+    ConfigOption(
         "progress.interval",
         "duration",
         1000,
         "How often `streamlet run` refreshes its progress line.",
         _parse_duration,
+    ),
+    ConfigOption(
+        "compaction.service.port",
+        "int",
+        0,
+        "Port the compaction service job (`streamlet submit compaction_service`) binds; 0: any "
+        "free port (the job registers the bound one with the job manager).",
+        _parse_count,
+    ),
+    ConfigOption(
+        "compaction.service.workers",
+        "int",
+        2,
+        "Worker processes of the compaction service job.",
+        _parse_positive,
+    ),
+    ConfigOption(
+        "compaction.service.allowed-roots",
+        "str",
+        "",
+        "DFS URLs (comma-separated) the compaction service job may read and write. Default: "
+        "cluster.dir.",
+        str,
+    ),
+    ConfigOption(
+        "cluster.jobmanager",
+        "url",
+        "http://127.0.0.1:8081",
+        "REST URL of the job manager, for task managers and `streamlet submit/list/status/cancel`.",
+        str,
+    ),
+    ConfigOption(
+        "cluster.token",
+        "str",
+        "",
+        "Shared secret every REST call to the job manager carries (`Authorization: Bearer ...`); "
+        "required on the job manager and on every client. Prefer the environment variable.",
+        str,
+    ),
+    ConfigOption(
+        "cluster.dir",
+        "url",
+        None,
+        "fsspec URL of the cluster's HA metadata (jobs, their files and latest checkpoints) and "
+        "default home of jobs' checkpoints and state. Default: file://<cwd>/.streamlet/cluster.",
+        str,
+    ),
+    ConfigOption(
+        "cluster.bind-host",
+        "str",
+        "127.0.0.1",
+        "Interface the job manager, task managers and the compaction service job bind to "
+        "(loopback unless set otherwise).",
+        str,
+    ),
+    ConfigOption(
+        "cluster.heartbeat.interval",
+        "duration",
+        1000,
+        "How often a task manager reports to the job manager.",
+        _parse_positive_duration,
+    ),
+    ConfigOption(
+        "cluster.heartbeat.timeout",
+        "duration",
+        5000,
+        "A task manager silent this long is declared lost; its jobs restart elsewhere from their "
+        "latest checkpoint.",
+        _parse_positive_duration,
+    ),
+    ConfigOption(
+        "taskmanager.slots",
+        "int",
+        2,
+        "Slots of a task manager: a job with parallelism p takes p slots.",
+        _parse_positive,
     ),
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
@@ -306,19 +409,48 @@ class Configuration:
             return _default_dir("state")
         if key == "checkpoint.dir":
             return _default_dir("checkpoints")
+        if key == "cluster.dir":
+            return _default_dir("cluster")
         if key == "state.local-dir":
             return os.path.join(tempfile.gettempdir(), "streamlet")
         return OPTIONS_BY_KEY[key].default
 
     def backend_config(self) -> BackendConfig:
-        """The state backend settings these values select."""
+        """The state backend settings these values select, with the compaction mode wired.
+
+        With `compaction.mode: remote`, the compaction service's client is registered as the
+        `remote` mode and `compaction.service.address` is resolved (`job:<name>` through the
+        cluster's endpoint directory, `dns:///name:port` through DNS) to the `host:port` list the
+        backend gets. When it resolves to nothing, the backend compacts locally, with a warning.
+        """
+        mode = self.get("compaction.mode")
+        address = self.get("compaction.service.address")
+        if mode == "remote":
+            mode, address = _remote_compaction(address)
         return BackendConfig(
             name=self.get("state.backend"),
             checkpoint_dir=self.get("state.dir"),
             local_dir=self.get("state.local-dir"),
             storage_options=self.get("dfs.storage-options"),
             options={
-                "compaction_mode": self.get("compaction.mode"),
-                "compaction_service_address": self.get("compaction.service.address"),
+                **self.get("state.options"),
+                "compaction_mode": mode,
+                "compaction_service_address": address,
+                "compaction_service_token": self.get("compaction.service.token"),
             },
         )
+
+
+def _remote_compaction(address: str) -> tuple[str, str]:
+    """(compaction mode, resolved address) for `compaction.mode: remote`."""
+    import compaction_service.client  # noqa: F401 - registers the `remote` compaction mode
+    from streamlet.cluster.endpoints import current_lookup, resolve_compaction_endpoints
+
+    endpoints = resolve_compaction_endpoints(address, current_lookup())
+    if not endpoints:
+        log.warning(
+            "compaction.service.address %r names no running compaction service: compacting locally",
+            address,
+        )
+        return "local", ""
+    return "remote", ",".join(endpoints)

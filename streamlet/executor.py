@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from streamlet.channels import Channel, InputGate
+from streamlet.channels import Channel, ChannelSink, InputGate
 from streamlet.checkpoint import CheckpointCoordinator, CheckpointStorage, restored_states
 from streamlet.config import Configuration
 from streamlet.errors import JobDefinitionError
@@ -25,7 +25,7 @@ from streamlet.operators import Operator, OperatorContext
 from streamlet.outputs import ChainedOutput, DiscardingOutput, FanOut, Output, RecordWriter
 from streamlet.partitioners import ForwardPartitioner
 from streamlet.restart import FixedDelayRestart
-from streamlet.task import OperatorSubtask, SourceSubtask, Subtask
+from streamlet.task import CheckpointListener, OperatorSubtask, SourceSubtask, Subtask
 
 if TYPE_CHECKING:
     from streamlet.api import Job
@@ -59,9 +59,9 @@ async def execute_job(
     stop = stop or asyncio.Event()
     strategy = FixedDelayRestart(config.get("restart.attempts"), config.get("restart.delay"))
     started = time.monotonic()
-    attempts: list[_Execution] = []
+    attempts: list[Execution] = []
     while True:
-        execution = _Execution(job, config, parallelism, metrics, stop)
+        execution = Execution(job, config, parallelism, metrics, stop)
         attempts.append(execution)
         try:
             await execution.run()
@@ -90,8 +90,15 @@ async def execute_job(
     )
 
 
-class _Execution:
-    """One attempt at running the job."""
+class Execution:
+    """One attempt at running the job.
+
+    A cluster runs one job over several task managers by subclassing it
+    (`streamlet.cluster.distributed`): `is_local` says which subtasks this process runs,
+    `channel` connects a pair of subtasks (a bounded queue here, TCP between task managers),
+    `restore_point` picks the checkpoint to restore (one for all processes), `listener` is where
+    subtasks acknowledge checkpoints, `run_subtasks` runs them.
+    """
 
     def __init__(
         self,
@@ -128,7 +135,7 @@ class _Execution:
         ids = await asyncio.to_thread(storage.checkpoint_ids)
         restored: dict[str, dict[int, Any]] = {}
         if self.config.get("checkpoint.restore"):
-            latest = await asyncio.to_thread(storage.latest)
+            latest = await self.restore_point(storage)
             if latest is not None:
                 restored = restored_states(latest, parallelism)
                 self.restored_id = latest["checkpoint_id"]
@@ -142,7 +149,35 @@ class _Execution:
             retained=self.config.get("checkpoint.retained"),
             metrics=self.metrics,
         )
-        subtasks, sources = self._build(restored, coordinator)
+        subtasks, sources = self._build(restored, self.listener(coordinator))
+        await self.run_subtasks(coordinator, subtasks, sources)
+
+    async def restore_point(self, storage: CheckpointStorage) -> dict[str, Any] | None:
+        """The metadata of the checkpoint to restore: the latest complete one."""
+        return await asyncio.to_thread(storage.latest)
+
+    def is_local(self, index: int) -> bool:
+        """Whether this process runs the subtasks with `index` (the slot they share)."""
+        return True
+
+    def channel(
+        self, edge_index: int, upstream: int, downstream: int, capacity: int
+    ) -> tuple[ChannelSink | None, Channel | None]:
+        """Where subtask `upstream` writes to subtask `downstream` over edge `edge_index`, and
+        where the latter reads it from (None for a side this process does not run)."""
+        channel = Channel(capacity)
+        return channel, channel
+
+    def listener(self, coordinator: CheckpointCoordinator) -> CheckpointListener:
+        return coordinator
+
+    async def run_subtasks(
+        self,
+        coordinator: CheckpointCoordinator,
+        subtasks: list[Subtask],
+        sources: list[SourceSubtask],
+    ) -> None:
+        """Run the subtasks and the checkpoints until the job ends; the first failure is raised."""
         coordinator.attach(subtasks, sources)
         try:
             async with asyncio.TaskGroup() as group:
@@ -152,9 +187,7 @@ class _Execution:
         except* Exception as failure:
             raise failure.exceptions[0] from None
 
-    async def _control(
-        self, coordinator: CheckpointCoordinator, sources: list[SourceSubtask]
-    ) -> None:
+    async def _control(self, coordinator: CheckpointCoordinator, sources: list[Any]) -> None:
         """Periodic checkpoints until the sources finish or `stop` is set, then the final one."""
         finish = asyncio.Event()
         interval = self.config.get("checkpoint.interval")
@@ -180,23 +213,27 @@ class _Execution:
             source.release()
 
     def _build(
-        self, restored: dict[str, dict[int, Any]], coordinator: CheckpointCoordinator
+        self, restored: dict[str, dict[int, Any]], listener: CheckpointListener
     ) -> tuple[list[Subtask], list[SourceSubtask]]:
         plan = self.plan
         capacity = self.config.get("pipeline.channel-capacity")
         # channels[(edge index, upstream subtask)] -> channels to the downstream subtasks
         gates = {chain.id: [InputGate() for _ in range(chain.parallelism)] for chain in plan.chains}
         writers: dict[tuple[int, int], list[tuple[str | None, RecordWriter]]] = {}
-        for edge in plan.edges:
+        for edge_index, edge in enumerate(plan.edges):
             up, down = edge.upstream, edge.downstream
             for u in range(up.parallelism):
                 forward = isinstance(edge.partitioner, ForwardPartitioner)
                 targets = [u] if forward else range(down.parallelism)
                 channels = []
                 for d in targets:
-                    channel = Channel(capacity)
-                    gates[down.id][d].add(channel, edge.input_index)
-                    channels.append(channel)
+                    output, channel = self.channel(edge_index, u, d, capacity)
+                    if channel is not None:
+                        gates[down.id][d].add(channel, edge.input_index)
+                    if output is not None:
+                        channels.append(output)
+                if not self.is_local(u):
+                    continue
                 partitioner = edge.partitioner.copy()
                 partitioner.bind(len(channels), u, self.max_parallelism)
                 writer = RecordWriter(channels, partitioner, self.batch_size)
@@ -205,6 +242,8 @@ class _Execution:
         sources: list[SourceSubtask] = []
         for chain in plan.chains:
             for index in range(chain.parallelism):
+                if not self.is_local(index):
+                    continue
                 chain_writers = writers.get((chain.id, index), [])
                 operators, head = self._operators(chain, index, chain_writers)
                 name = f"{chain.name} ({index + 1}/{chain.parallelism})"
@@ -215,7 +254,7 @@ class _Execution:
                     operators=operators,
                     writers=[w for _, w in chain_writers],
                     restored={uid: s for uid, s in state.items() if s is not None},
-                    listener=coordinator,
+                    listener=listener,
                     metrics=self.metrics,
                 )
                 if chain.head.kind is NodeKind.SOURCE:
@@ -268,4 +307,5 @@ class _Execution:
             max_parallelism=self.max_parallelism,
             backend_config=self.config.backend_config(),
             metrics=self.metrics,
+            config=self.config,
         )

@@ -13,11 +13,14 @@ records to emit, and reach state, timers and side outputs through the context.
 ...         yield (ctx.key, count.value())
 """
 
+import logging
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from streamlet.config import Configuration
     from streamlet.timers import TimerService
 
 
@@ -28,6 +31,15 @@ class OutputTag:
     name: str
 
 
+EndpointRegistry = Callable[[str], None]
+"""Takes the `host:port` of a network endpoint a subtask serves."""
+
+endpoint_registry: ContextVar[EndpointRegistry | None] = ContextVar(
+    "streamlet_endpoint_registry", default=None
+)
+"""Set by a cluster task manager around a job it runs; unset in a local run."""
+
+
 @dataclass(frozen=True)
 class RuntimeContext:
     """Where a function instance runs."""
@@ -36,6 +48,19 @@ class RuntimeContext:
     operator_name: str
     subtask_index: int
     parallelism: int
+    config: "Configuration | None" = None  # the job's configuration (None outside a job run)
+
+    def register_endpoint(self, address: str) -> None:
+        """Announce `host:port` as an endpoint this job serves: in a cluster, the job manager
+        lists it under the job (`streamlet status`, `job:<name>` addresses); locally it is logged.
+        """
+        registry = endpoint_registry.get()
+        if registry is None:
+            logging.getLogger("streamlet.endpoints").info(
+                "%s (subtask %d) serves %s", self.job_name, self.subtask_index, address
+            )
+        else:
+            registry(address)
 
 
 class KeyedContext(Protocol):

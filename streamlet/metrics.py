@@ -1,8 +1,9 @@
 """Job metrics: the counters behind the progress line and the job summary.
 
 Sources count the records they read, sinks the records they write, the coordinator the completed
-checkpoints. Compactions come from the state backends: a backend's store that has a `metrics()`
-method returning `compactions_local` and `compactions_remote` counts is included.
+checkpoints (and the id of the latest). Compactions come from the state backends: a backend's store
+that has a `metrics()` method returning `compactions_local` and `compactions_remote` counts (and
+optionally `compaction_cpu_seconds_local` and `compaction_cpu_seconds_remote`) is included.
 """
 
 from dataclasses import dataclass, field
@@ -17,15 +18,26 @@ class JobMetrics:
     records_in: int = 0
     records_out: int = 0
     checkpoints: int = 0
+    last_checkpoint_id: int | None = None
     backends: list[KeyedStateBackend] = field(default_factory=list)
 
     def compactions(self) -> tuple[int, int]:
         """(local, remote) compactions of the backends whose stores report them via `metrics()`."""
-        local = remote = 0
+        local, remote = self._backend_sums("compactions_local", "compactions_remote")
+        return int(local), int(remote)
+
+    def compaction_cpu_seconds(self) -> tuple[float, float]:
+        """(local, remote) CPU seconds spent on the backends' compactions, as their stores report
+        them (`compaction_cpu_seconds_local`, `compaction_cpu_seconds_remote`): the remote ones
+        are the CPU time moved off the job."""
+        return self._backend_sums("compaction_cpu_seconds_local", "compaction_cpu_seconds_remote")
+
+    def _backend_sums(self, *keys: str) -> tuple[float, ...]:
+        sums = dict.fromkeys(keys, 0.0)
         for backend in self.backends:
             metrics = getattr(backend.store, "metrics", None)
             if metrics is not None:
                 values = metrics()
-                local += int(values.get("compactions_local", 0))
-                remote += int(values.get("compactions_remote", 0))
-        return local, remote
+                for key in keys:
+                    sums[key] += float(values.get(key, 0) or 0)
+        return tuple(sums[key] for key in keys)

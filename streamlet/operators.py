@@ -8,7 +8,7 @@ are in `streamlet.keyed`, windows in `streamlet.windows`, joins in `streamlet.jo
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from statebackend import BackendConfig, KeyedStateBackend, KeyGroupRange, create_backend
 from streamlet.connectors.base import Sink, SinkWriter
@@ -16,6 +16,9 @@ from streamlet.elements import Record, Watermark
 from streamlet.functions import RuntimeContext
 from streamlet.metrics import JobMetrics
 from streamlet.outputs import Output
+
+if TYPE_CHECKING:
+    from streamlet.config import Configuration
 
 
 @dataclass
@@ -30,11 +33,12 @@ class OperatorContext:
     max_parallelism: int
     backend_config: BackendConfig
     metrics: JobMetrics
+    config: "Configuration | None" = None
 
     @property
     def runtime(self) -> RuntimeContext:
         return RuntimeContext(
-            self.job_name, self.operator_name, self.subtask_index, self.parallelism
+            self.job_name, self.operator_name, self.subtask_index, self.parallelism, self.config
         )
 
     @property

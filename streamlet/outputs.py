@@ -9,7 +9,7 @@ reported as an `OperatorError` naming that operator and the record.
 
 from typing import TYPE_CHECKING, Any
 
-from streamlet.channels import Channel
+from streamlet.channels import ChannelSink
 from streamlet.elements import Barrier, Element, Record, Watermark
 from streamlet.errors import OperatorError, StreamletError, describe_record
 from streamlet.partitioners import BroadcastPartitioner, Partitioner
@@ -89,7 +89,9 @@ class FanOut(Output):
 class RecordWriter(Output):
     """One edge out of a subtask: a partitioner over the channels to the downstream subtasks."""
 
-    def __init__(self, channels: list[Channel], partitioner: Partitioner, batch_size: int) -> None:
+    def __init__(
+        self, channels: list[ChannelSink], partitioner: Partitioner, batch_size: int
+    ) -> None:
         super().__init__()
         self._channels = channels
         self._partitioner = partitioner
@@ -132,7 +134,7 @@ class RecordWriter(Output):
                 await _put_in_batches(channel, buffer, size)
 
 
-async def _put_in_batches(channel: Channel, elements: list[Any], size: int) -> None:
+async def _put_in_batches(channel: ChannelSink, elements: list[Any], size: int) -> None:
     if len(elements) <= size:
         await channel.put(elements)
         return

@@ -64,6 +64,7 @@ def test_compaction_keys_reach_the_backend_options() -> None:
     assert backend.options == {
         "compaction_mode": "remote",
         "compaction_service_address": "h:1,h:2",
+        "compaction_service_token": "",
     }
 
 
@@ -72,3 +73,25 @@ def test_every_key_is_documented_in_docs_configuration_md() -> None:
     assert documented == {option.key for option in OPTIONS}
     for option in OPTIONS:
         assert option.env_var in DOCS.read_text()
+
+
+def test_state_options_reach_the_backend_options() -> None:
+    config = Configuration.load(
+        overrides={"state.options": '{"lsm.block_cache_bytes": 0}'},
+        environ={"STREAMLET_COMPACTION_SERVICE_TOKEN": "secret"},
+    )
+    options = config.backend_config().options
+    assert options["lsm.block_cache_bytes"] == 0
+    assert options["compaction_service_token"] == "secret"
+
+
+def test_remote_compaction_without_a_running_service_compacts_locally() -> None:
+    config = Configuration.load(
+        overrides={
+            "compaction.mode": "remote",
+            "compaction.service.address": "dns:///nosuch.invalid:1",
+        },
+        environ={},
+    )
+    options = config.backend_config().options
+    assert (options["compaction_mode"], options["compaction_service_address"]) == ("local", "")

@@ -1,0 +1,104 @@
+"""The job manager's REST client (aiohttp), used by the CLI and by task managers.
+
+Every call carries the token; an error answer becomes a `ClusterError` with the server's message
+and HTTP status, an unreachable job manager one with status None.
+"""
+
+import base64
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from streamlet.cluster.auth import bearer
+from streamlet.cluster.model import Artifact
+
+
+class ClusterError(Exception):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class JobManagerClient:
+    """`async with JobManagerClient(url, token) as client: await client.jobs()`."""
+
+    def __init__(self, url: str, token: str, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._session = aiohttp.ClientSession(
+            headers=bearer(token), timeout=aiohttp.ClientTimeout(total=timeout_s)
+        )
+
+    async def __aenter__(self) -> "JobManagerClient":
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _call(self, method: str, path: str, body: Any = None, raw: bool = False) -> Any:
+        try:
+            async with self._session.request(method, self.url + path, json=body) as response:
+                if response.status >= 400:
+                    try:
+                        message = (await response.json())["error"]
+                    except (aiohttp.ContentTypeError, ValueError, KeyError, TypeError):
+                        message = (await response.text()) or response.reason
+                    raise ClusterError(f"{message} (HTTP {response.status})", response.status)
+                return await response.read() if raw else await response.json()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise ClusterError(f"cannot reach the job manager at {self.url}: {e}") from e
+
+    async def submit(
+        self,
+        artifact: Artifact,
+        data: bytes | None,
+        parallelism: int | None,
+        config: dict[str, Any],
+    ) -> dict[str, Any]:
+        body = {
+            "artifact": vars(artifact),
+            "data_b64": None if data is None else base64.b64encode(data).decode(),
+            "parallelism": parallelism,
+            "config": config,
+        }
+        return await self._call("POST", "/api/v1/jobs", body)
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        return (await self._call("GET", "/api/v1/jobs"))["jobs"]
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return await self._call("GET", f"/api/v1/jobs/{job_id}")
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return await self._call("POST", f"/api/v1/jobs/{job_id}/cancel")
+
+    async def checkpoints(self, job_id: str) -> dict[str, Any]:
+        return await self._call("GET", f"/api/v1/jobs/{job_id}/checkpoints")
+
+    async def task_managers(self) -> list[dict[str, Any]]:
+        return (await self._call("GET", "/api/v1/taskmanagers"))["task_managers"]
+
+    async def file(self, job_id: str, name: str) -> bytes:
+        return await self._call("GET", f"/api/v1/jobs/{job_id}/files/{name}", raw=True)
+
+    async def register(self, registration: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", "/api/v1/taskmanagers", registration)
+
+    async def heartbeat(self, tm_id: str, reports: list[dict]) -> dict[str, Any] | None:
+        """The answer, or None if the job manager does not know this task manager."""
+        try:
+            return await self._call(
+                "POST", f"/api/v1/taskmanagers/{tm_id}/heartbeat", {"deployments": reports}
+            )
+        except ClusterError as e:
+            if e.status == 404:
+                return None
+            raise

@@ -1,0 +1,159 @@
+"""The cluster's command-line commands (parsed in `streamlet.cli`): `jobmanager`, `taskmanager`,
+`submit`, `list`, `status`, `cancel`.
+
+Each takes the loaded `Configuration` (YAML file, environment, `-D`). Client commands print what
+the job manager answered and return 1 with `error: ...` on stderr when it refused (a broken
+module, a missing token) or could not be reached.
+"""
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from streamlet.cluster import artifacts
+from streamlet.cluster.auth import MissingToken, require_token
+from streamlet.cluster.client import ClusterError, JobManagerClient
+from streamlet.cluster.ha import HaStore
+from streamlet.cluster.jobmanager import JobManager
+from streamlet.cluster.rest import create_app
+from streamlet.cluster.taskmanager import TaskManager
+from streamlet.config import Configuration
+from streamlet.errors import JobLoadError
+
+log = logging.getLogger("streamlet.cluster")
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def _until_signalled(work: Callable[[], Awaitable[None]]) -> None:
+    """Run `work()` until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    task = asyncio.create_task(work())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, stopping):
+        pending.cancel()
+    await asyncio.gather(task, stopping, return_exceptions=True)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
+
+
+def jobmanager(config: Configuration, host: str | None, port: int) -> int:
+    """Serve the REST API until a signal stops it; logs `job manager listening on URL`."""
+    _logging()
+    try:
+        token = require_token(config.get("cluster.token"))
+    except MissingToken as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    host = host or config.get("cluster.bind-host")
+    ha = HaStore(config.get("cluster.dir"), config.get("dfs.storage-options"))
+
+    async def serve() -> None:
+        manager = JobManager(config, ha)
+        await manager.recover()
+        runner = web.AppRunner(create_app(manager, token), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("job manager listening on http://%s:%d (HA metadata in %s)", host, bound, ha.url)
+        try:
+            await manager.supervise()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(_until_signalled(serve))
+    return 0
+
+
+def taskmanager(config: Configuration, slots: int | None) -> int:
+    _logging()
+    try:
+        require_token(config.get("cluster.token"))
+    except MissingToken as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    asyncio.run(_until_signalled(TaskManager(config, slots).run))
+    return 0
+
+
+def _client_call(config: Configuration, call: Callable[[JobManagerClient], Awaitable[Any]]) -> Any:
+    async def run() -> Any:
+        async with JobManagerClient(
+            config.get("cluster.jobmanager"), config.get("cluster.token")
+        ) as client:
+            return await call(client)
+
+    return asyncio.run(run())
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def submit(
+    config: Configuration,
+    target: str,
+    entry: str | None,
+    parallelism: int | None,
+    defines: dict[str, Any],
+) -> int:
+    """Print the new job's id."""
+    try:
+        artifact, data = artifacts.pack(target, entry)
+        Configuration.load(overrides=defines, environ={})  # reject a bad key before uploading
+        answer = _client_call(config, lambda c: c.submit(artifact, data, parallelism, defines))
+    except (JobLoadError, ClusterError, ValueError) as e:
+        return _fail(str(e))
+    print(answer["id"])
+    return 0
+
+
+def list_jobs(config: Configuration) -> int:
+    try:
+        jobs = _client_call(config, lambda c: c.jobs())
+    except ClusterError as e:
+        return _fail(str(e))
+    print(f"{'ID':<16}  {'NAME':<24} {'STATUS':<11} {'P':>2}  {'CHECKPOINT':>10}  ENDPOINTS")
+    for job in jobs:
+        checkpoint = "-" if job["latest_checkpoint"] is None else str(job["latest_checkpoint"])
+        print(
+            f"{job['id']:<16}  {job['name']:<24} {job['status']:<11} {job['parallelism']:>2}  "
+            f"{checkpoint:>10}  {','.join(job['endpoints']) or '-'}"
+        )
+    return 0
+
+
+def status(config: Configuration, job_id: str) -> int:
+    """Print the job's status as JSON."""
+    try:
+        job = _client_call(config, lambda c: c.job(job_id))
+    except ClusterError as e:
+        return _fail(str(e))
+    print(json.dumps(job, indent=2, sort_keys=True))
+    return 0
+
+
+def cancel(config: Configuration, job_id: str) -> int:
+    try:
+        job = _client_call(config, lambda c: c.cancel(job_id))
+    except ClusterError as e:
+        return _fail(str(e))
+    print(f"{job['id']} {job['status']}")
+    return 0

@@ -1,0 +1,140 @@
+"""One deployment in a task manager: a job's attempt, run with the single-process executor.
+
+The deployment fetches the job's file from the job manager (if it has one), loads the job, and
+runs it with the job's configuration, restoring the job's latest checkpoint (a redeployment after
+a failover continues exactly there): with `execute_job` when it has all the job's slots, as a
+`DistributedExecution` over its slots when the job spans several task managers. Around the run
+it sets the context the job's code sees: where `RuntimeContext.register_endpoint` reports to,
+and the endpoint directory `job:<name>` compaction addresses resolve against.
+
+`cancel()` stops the job after a final checkpoint (the user cancelled it); `abort()` stops it at
+once, without a checkpoint (the job manager gave the job to another deployment: this one must not
+write anything more).
+"""
+
+import asyncio
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from streamlet.cluster import artifacts
+from streamlet.cluster.client import JobManagerClient
+from streamlet.cluster.distributed import DistributedExecution
+from streamlet.cluster.endpoints import EndpointDirectory, lookup_context
+from streamlet.cluster.exchange import ExchangeServer
+from streamlet.cluster.model import Artifact, DeploymentStatus
+from streamlet.config import Configuration
+from streamlet.executor import execute_job
+from streamlet.functions import endpoint_registry
+from streamlet.metrics import JobMetrics
+
+log = logging.getLogger("streamlet.cluster.deployment")
+
+
+class Deployment:
+    def __init__(
+        self,
+        descriptor: dict[str, Any],
+        client: JobManagerClient,
+        workdir: Path,
+        directory: EndpointDirectory,
+        exchange: ExchangeServer,
+    ) -> None:
+        self.id: str = descriptor["deployment_id"]
+        self.job_id: str = descriptor["job_id"]
+        self.name: str = descriptor["name"]
+        self.parallelism: int = descriptor["parallelism"]
+        self.slots: list[int] = descriptor["slots"]
+        self.slot_addresses: list[str] = descriptor["slot_addresses"]
+        self.config: dict[str, Any] = descriptor["config"]
+        self.artifact = Artifact(**descriptor["artifact"])
+        self.client = client
+        self.workdir = workdir
+        self.directory = directory
+        self.exchange = exchange
+        self.status = DeploymentStatus.STARTING
+        self.error: str | None = None
+        self.endpoints: list[str] = []
+        self.metrics = JobMetrics()
+        self._stop = asyncio.Event()
+        self._cancelled = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"deployment {self.id}")
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._stop.set()
+
+    def abort(self) -> None:
+        if self._task is not None and not self._task.done():
+            log.warning("aborting deployment %s (%s)", self.id, self.name)
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        try:
+            data = None
+            if self.artifact.file_name is not None:
+                data = await self.client.file(self.job_id, self.artifact.file_name)
+            endpoint_registry.set(self.endpoints.append)
+            lookup_context.set(self.directory)  # also seen by module-level code (to_thread)
+            job = await asyncio.to_thread(artifacts.load, self.artifact, data, self.workdir)
+            config = Configuration(self.config)
+            self.status = DeploymentStatus.RUNNING
+            log.info("deployment %s of job %s (%s) running", self.id, self.job_id, self.name)
+            if len(self.slots) == self.parallelism:
+                await execute_job(
+                    job, config, parallelism=self.parallelism, stop=self._stop, metrics=self.metrics
+                )
+            else:
+                await DistributedExecution(
+                    job,
+                    config,
+                    self.parallelism,
+                    self.metrics,
+                    self._stop,
+                    execution_id=self.id,
+                    slot_addresses=self.slot_addresses,
+                    local_slots=set(self.slots),
+                    exchange=self.exchange,
+                    token=self.exchange.token,
+                ).run()
+            self.status = (
+                DeploymentStatus.CANCELED if self._cancelled else DeploymentStatus.FINISHED
+            )
+        except asyncio.CancelledError:
+            self.status = DeploymentStatus.CANCELED
+        except Exception as e:
+            log.exception("deployment %s of job %s failed", self.id, self.job_id)
+            self.status = DeploymentStatus.FAILED
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            self.endpoints.clear()
+            await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+        log.info("deployment %s of job %s (%s) %s", self.id, self.job_id, self.name, self.status)
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        local, remote = self.metrics.compactions()
+        cpu_local, cpu_remote = self.metrics.compaction_cpu_seconds()
+        return {
+            "compaction_cpu_seconds_local": round(cpu_local, 3),
+            "compaction_cpu_seconds_remote": round(cpu_remote, 3),
+            "records_in": self.metrics.records_in,
+            "records_out": self.metrics.records_out,
+            "checkpoints": self.metrics.checkpoints,
+            "last_checkpoint_id": self.metrics.last_checkpoint_id,
+            "compactions_local": local,
+            "compactions_remote": remote,
+        }
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "deployment_id": self.id,
+            "job_id": self.job_id,
+            "status": str(self.status),
+            "error": self.error,
+            "metrics": self.metrics_snapshot(),
+            "endpoints": list(self.endpoints),
+        }

@@ -1,0 +1,400 @@
+"""The job manager's registry: jobs, task managers, scheduling, failover and recovery.
+
+Everything here runs on the job manager's event loop; blocking work (the DFS, loading a submitted
+module to validate it) goes through `asyncio.to_thread`. Every change of a job record is saved to
+the HA store before the REST call or heartbeat that caused it is answered.
+
+- Submit: the module is loaded (a broken one is rejected with its error), the configuration is
+  validated, the job's checkpoint and state directories default to `<cluster.dir>/jobs/<id>/`.
+- Scheduling: a waiting job is deployed to the slots `scheduler.place` picks among the task
+  managers that sent a heartbeat lately; they learn it from their next heartbeat's answers.
+- Heartbeats carry each deployment's status, metrics, latest checkpoint and endpoints; answers
+  carry deployments to start, to cancel (after a final checkpoint: the job was cancelled), to
+  abort (at once: a stale attempt, the job runs elsewhere now) and to forget.
+- Failover: a task manager silent for `cluster.heartbeat.timeout` is dropped and its jobs get a new
+  deployment elsewhere, which restores their latest checkpoint.
+- Recovery: a restarted job manager reloads the jobs from the HA store; a job's task manager
+  re-registers with the deployments it still runs, which are adopted; a job whose task manager
+  does not come back within the heartbeat timeout is redeployed from its latest checkpoint.
+"""
+
+import asyncio
+import logging
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from streamlet.checkpoint import CheckpointStorage
+from streamlet.cluster import artifacts, scheduler
+from streamlet.cluster.ha import HaStore
+from streamlet.cluster.model import (
+    Artifact,
+    DeploymentStatus,
+    JobRecord,
+    JobStatus,
+    TaskManagerInfo,
+)
+from streamlet.config import ConfigError, Configuration
+from streamlet.errors import StreamletError
+
+log = logging.getLogger("streamlet.cluster.jobmanager")
+ACTIVE = (JobStatus.DEPLOYING, JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.RECOVERING)
+WAITING = (JobStatus.CREATED, JobStatus.RESTARTING)
+# a job's own keys, defaulted from the cluster's configuration when the submission sets none
+INHERITED_KEYS = ("dfs.storage-options", "state.backend", "compaction.mode")
+
+
+class SubmissionError(ValueError):
+    """A submission is rejected; the message says why."""
+
+
+class UnknownJob(KeyError):
+    pass
+
+
+class JobManager:
+    def __init__(self, config: Configuration, ha: HaStore) -> None:
+        self.config = config
+        self.ha = ha
+        self.jobs: dict[str, JobRecord] = {}
+        self.task_managers: dict[str, TaskManagerInfo] = {}
+        self.timeout_s = config.get("cluster.heartbeat.timeout") / 1000
+        # a task manager silent for this long gets no new work (it may be dying)
+        self.fresh_s = min(self.timeout_s, 3 * config.get("cluster.heartbeat.interval") / 1000)
+        self.started = time.monotonic()
+        self._save_lock = asyncio.Lock()
+        # per job: the latest metrics and endpoints of each deployment of its current attempt
+        self._deployment_metrics: dict[str, dict[str, dict[str, Any]]] = {}
+        self._deployment_endpoints: dict[str, dict[str, list[str]]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Reload the jobs of a previous incarnation from the HA store."""
+        for record in await asyncio.to_thread(self.ha.load_all):
+            if not record.status.terminal:
+                if record.placement and record.status is not JobStatus.CANCELLING:
+                    record.status = JobStatus.RECOVERING
+                elif record.status not in WAITING:
+                    record.status = JobStatus.RESTARTING
+                log.info("recovered job %s (%s): %s", record.id, record.name, record.status)
+            self.jobs[record.id] = record
+
+    async def supervise(self) -> None:
+        """Forever: drop silent task managers, redeploy their jobs, place waiting jobs."""
+        while True:
+            await asyncio.sleep(min(self.timeout_s / 4, 0.5))
+            await self.check_task_managers()
+
+    async def check_task_managers(self) -> None:
+        now = time.monotonic()
+        for tm in list(self.task_managers.values()):
+            if now - tm.last_heartbeat > self.timeout_s:
+                log.warning(
+                    "task manager %s (%s) lost: no heartbeat for %.1f s",
+                    tm.id,
+                    tm.host,
+                    now - tm.last_heartbeat,
+                )
+                del self.task_managers[tm.id]
+        if now - self.started > self.timeout_s:
+            for job in self.jobs.values():
+                if job.status in ACTIVE and any(
+                    tm not in self.task_managers for tm in job.task_managers
+                ):
+                    await self._fail_over(job, "a task manager of the job was lost")
+        await self._schedule()
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        artifact: Artifact,
+        data: bytes | None,
+        parallelism: int | None,
+        overrides: dict[str, Any],
+    ) -> JobRecord:
+        job_id = uuid.uuid4().hex[:16]
+        config = {key: self.config.get(key) for key in INHERITED_KEYS}
+        config.update(
+            {
+                "checkpoint.dir": f"{self.ha.job_url(job_id)}/checkpoints",
+                "state.dir": f"{self.ha.job_url(job_id)}/state",
+                "cluster.dir": self.ha.url,
+                "cluster.bind-host": self.config.get("cluster.bind-host"),
+            }
+        )
+        config.update(overrides)
+        try:
+            parsed = Configuration(config)
+        except ConfigError as e:
+            raise SubmissionError(str(e)) from e
+        parallelism = parallelism or parsed.get("parallelism.default")
+        name = await asyncio.to_thread(self._validate, artifact, data, parallelism)
+        record = JobRecord(job_id, name, artifact, parallelism, config)
+        if data is not None:
+            await asyncio.to_thread(self.ha.write_file, job_id, artifact.file_name, data)
+        self.jobs[job_id] = record
+        await self._save(record)
+        log.info("job %s (%s) submitted with parallelism %d", job_id, name, parallelism)
+        await self._schedule()
+        return record
+
+    @staticmethod
+    def _validate(artifact: Artifact, data: bytes | None, parallelism: int) -> str:
+        with tempfile.TemporaryDirectory(prefix="streamlet-submit-") as workdir:
+            try:
+                job = artifacts.load(artifact, data, Path(workdir))
+                job.graph.plan(parallelism)
+            except StreamletError as e:
+                raise SubmissionError(str(e).replace(f"{workdir}/", "")) from e
+        return job.name
+
+    def job(self, job_id: str) -> JobRecord:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise UnknownJob(job_id) from None
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        job = self.job(job_id)
+        if job.status in WAITING or job.status is JobStatus.RECOVERING:
+            job.status, job.placement = JobStatus.CANCELED, []
+        elif not job.status.terminal:
+            job.status = JobStatus.CANCELLING
+        await self._save(job)
+        return job
+
+    async def file(self, job_id: str, name: str) -> bytes:
+        job = self.job(job_id)
+        if name != job.artifact.file_name:
+            raise UnknownJob(f"{job_id}/{name}")
+        return await asyncio.to_thread(self.ha.read_file, job_id, name)
+
+    async def checkpoints(self, job_id: str) -> dict[str, Any]:
+        job = self.job(job_id)
+        config = Configuration(job.config)
+        storage = CheckpointStorage(
+            config.get("checkpoint.dir"), job.name, config.get("dfs.storage-options")
+        )
+        ids = await asyncio.to_thread(storage.checkpoint_ids)
+        latest = await asyncio.to_thread(storage.latest)
+        return {
+            "job_id": job.id,
+            "directory": storage.root,
+            "checkpoint_ids": ids,
+            "latest": None
+            if latest is None
+            else {"checkpoint_id": latest["checkpoint_id"], "timestamp_ms": latest["timestamp_ms"]},
+        }
+
+    def endpoints_of(self, name: str) -> list[str]:
+        """Endpoints of the running jobs named `name` (several jobs may serve one name)."""
+        return [
+            endpoint
+            for job in self.jobs.values()
+            if job.name == name and job.status is JobStatus.RUNNING
+            for endpoint in job.endpoints
+        ]
+
+    # -- task managers -----------------------------------------------------------------------
+
+    def used_slots(self) -> dict[str, int]:
+        used: dict[str, int] = {}
+        for job in self.jobs.values():
+            if not job.status.terminal:
+                for tm in job.placement:
+                    used[tm] = used.get(tm, 0) + 1
+        return used
+
+    async def register(self, tm: TaskManagerInfo, reports: list[dict]) -> dict[str, Any]:
+        tm_id = tm.id
+        self.task_managers[tm_id] = tm
+        log.info("task manager %s registered from %s with %d slots", tm_id, tm.host, tm.slots)
+        reported = {report["deployment_id"] for report in reports}
+        for job in self.jobs.values():
+            if (
+                tm_id in job.placement
+                and job.status in (JobStatus.RUNNING, JobStatus.RECOVERING, JobStatus.CANCELLING)
+                and job.deployment_id not in reported
+            ):
+                await self._fail_over(job, "its task manager no longer runs it")
+        answer = await self.heartbeat(tm_id, reports)
+        assert answer is not None  # it is registered now
+        return answer
+
+    async def heartbeat(self, tm_id: str, reports: list[dict]) -> dict[str, Any] | None:
+        """Take a task manager's report; None if it is unknown (it must register again)."""
+        tm = self.task_managers.get(tm_id)
+        if tm is None:
+            return None
+        tm.last_heartbeat = time.monotonic()
+        cancel: list[str] = []
+        abort: list[str] = []
+        release: list[str] = []
+        for report in reports:
+            deployment_id = report["deployment_id"]
+            status = DeploymentStatus(report["status"])
+            job = self.jobs.get(report["job_id"])
+            if job is None or job.deployment_id != deployment_id or tm_id not in job.placement:
+                (release if status.terminal else abort).append(deployment_id)
+                continue
+            await self._update(job, tm_id, status, report)
+            if status.terminal:
+                release.append(deployment_id)
+            elif job.status is JobStatus.CANCELLING:
+                cancel.append(deployment_id)
+        await self._schedule()
+        reported = {report["deployment_id"] for report in reports}
+        deploy = [
+            self._descriptor(job, tm_id)
+            for job in self.jobs.values()
+            if tm_id in job.placement
+            and job.status is JobStatus.DEPLOYING
+            and tm_id not in job.reported
+            and job.deployment_id not in reported
+        ]
+        directory: dict[str, list[str]] = {}
+        for job in self.jobs.values():
+            if job.status is JobStatus.RUNNING and job.endpoints:
+                directory.setdefault(job.name, []).extend(job.endpoints)
+        return {
+            "deploy": deploy,
+            "cancel": cancel,
+            "abort": abort,
+            "release": release,
+            "endpoints": directory,
+        }
+
+    async def _update(
+        self, job: JobRecord, tm_id: str, status: DeploymentStatus, report: dict
+    ) -> None:
+        """Apply a report about one deployment of the job's current attempt."""
+        before = (job.status, job.latest_checkpoint, tuple(job.endpoints))
+        job.reported[tm_id] = str(status)
+        self._deployment_metrics.setdefault(job.id, {})[tm_id] = report.get("metrics", {})
+        self._deployment_endpoints.setdefault(job.id, {})[tm_id] = report.get("endpoints", [])
+        job.metrics = _sum_metrics(self._deployment_metrics[job.id].values())
+        job.endpoints = [e for ends in self._deployment_endpoints[job.id].values() for e in ends]
+        if job.metrics.get("last_checkpoint_id") is not None:
+            job.latest_checkpoint = job.metrics["last_checkpoint_id"]
+        statuses = [DeploymentStatus(job.reported.get(tm, "STARTING")) for tm in job.task_managers]
+        if status is DeploymentStatus.FAILED:
+            await self._on_failure(job, report.get("error") or "unknown error")
+        elif all(s.terminal for s in statuses):
+            job.placement, job.endpoints = [], []
+            if job.status is JobStatus.CANCELLING or DeploymentStatus.CANCELED in statuses:
+                job.status = JobStatus.CANCELED
+            else:
+                job.status = JobStatus.FINISHED
+            log.info("job %s (%s) %s", job.id, job.name, job.status)
+        elif job.status in (JobStatus.DEPLOYING, JobStatus.RECOVERING) and all(
+            s is DeploymentStatus.RUNNING or s.terminal for s in statuses
+        ):
+            job.status = JobStatus.RUNNING
+        if (job.status, job.latest_checkpoint, tuple(job.endpoints)) != before:
+            await self._save(job)
+
+    async def _on_failure(self, job: JobRecord, error: str) -> None:
+        """A deployment failed: restart a distributed job (a lost peer, or within
+        `restart.attempts`; a single-process deployment already used them), else fail it."""
+        distributed = len(job.task_managers) > 1
+        peer_lost = error.startswith("PeerLost")
+        attempts = Configuration(job.config).get("restart.attempts")
+        if distributed and (peer_lost or job.failures < attempts):
+            if not peer_lost:
+                job.failures += 1
+            await self._fail_over(job, error)
+            return
+        job.status, job.error = JobStatus.FAILED, error
+        job.placement, job.endpoints = [], []
+        log.info("job %s (%s) FAILED: %s", job.id, job.name, error)
+
+    def _descriptor(self, job: JobRecord, tm_id: str) -> dict[str, Any]:
+        """What task manager `tm_id` needs to run its slots of the job's current attempt."""
+        addresses = [
+            tm.exchange_address if (tm := self.task_managers.get(t)) else "" for t in job.placement
+        ]
+        return {
+            "deployment_id": job.deployment_id,
+            "job_id": job.id,
+            "name": job.name,
+            "attempt": job.attempt,
+            "parallelism": job.parallelism,
+            "slots": [slot for slot, t in enumerate(job.placement) if t == tm_id],
+            "slot_addresses": addresses,
+            "config": job.config,
+            "artifact": {
+                "kind": job.artifact.kind,
+                "module": job.artifact.module,
+                "file_name": job.artifact.file_name,
+                "entry": job.artifact.entry,
+            },
+        }
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _fail_over(self, job: JobRecord, reason: str) -> None:
+        if job.status is JobStatus.CANCELLING:
+            job.status = JobStatus.CANCELED
+        else:
+            log.warning(
+                "job %s (%s) restarts from checkpoint %s: %s",
+                job.id,
+                job.name,
+                job.latest_checkpoint,
+                reason,
+            )
+            job.status = JobStatus.RESTARTING
+            job.failovers += 1
+        job.placement, job.reported, job.endpoints = [], {}, []
+        self._deployment_metrics.pop(job.id, None)
+        self._deployment_endpoints.pop(job.id, None)
+        await self._save(job)
+
+    async def _schedule(self) -> None:
+        used = self.used_slots()
+        waiting = sorted(
+            (job for job in self.jobs.values() if job.status in WAITING),
+            key=lambda job: job.submitted_ms,
+        )
+        now = time.monotonic()
+        alive = [
+            tm for tm in self.task_managers.values() if now - tm.last_heartbeat <= self.fresh_s
+        ]
+        for job in waiting:
+            placement = scheduler.place(job.parallelism, alive, used)
+            if placement is None:
+                continue
+            job.attempt += 1
+            job.placement, job.reported = placement, {}
+            job.status = JobStatus.DEPLOYING
+            for tm in placement:
+                used[tm] = used.get(tm, 0) + 1
+            log.info(
+                "job %s (%s) attempt %d deployed to task managers %s",
+                job.id,
+                job.name,
+                job.attempt,
+                ", ".join(job.task_managers),
+            )
+            await self._save(job)
+
+    async def _save(self, job: JobRecord) -> None:
+        async with self._save_lock:
+            await asyncio.to_thread(self.ha.save, job)
+
+
+def _sum_metrics(per_deployment: Any) -> dict[str, Any]:
+    """A job's metrics: the sum over its deployments (the latest checkpoint: the highest)."""
+    total: dict[str, Any] = {}
+    for metrics in per_deployment:
+        for key, value in metrics.items():
+            if key == "last_checkpoint_id":
+                if value is not None:
+                    total[key] = max(value, total.get(key) or 0)
+            elif isinstance(value, int | float):
+                total[key] = total.get(key, 0) + value
+    return total

@@ -1,0 +1,135 @@
+"""What the job manager keeps: job records (persisted as HA metadata) and task managers.
+
+A job is submitted once and deployed one or more times. Attempt n (deployment id `<job id>-<n>`)
+places the job's `parallelism` slots on task managers (`placement[i]` runs slot i: subtask i of
+every operator); each task manager in the placement runs one deployment of the attempt over its
+slots. When a task manager is lost, the job gets a new attempt that restores its latest
+checkpoint.
+"""
+
+import enum
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class JobStatus(enum.StrEnum):
+    CREATED = "CREATED"  # waiting for free slots
+    DEPLOYING = "DEPLOYING"  # assigned to a task manager that has not reported it running yet
+    RUNNING = "RUNNING"
+    RESTARTING = "RESTARTING"  # its task manager was lost; waiting for slots elsewhere
+    RECOVERING = "RECOVERING"  # the job manager restarted; waiting for its task manager
+    CANCELLING = "CANCELLING"
+    CANCELED = "CANCELED"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.CANCELED, JobStatus.FINISHED, JobStatus.FAILED)
+
+
+class DeploymentStatus(enum.StrEnum):
+    """What a task manager reports about a deployment it runs."""
+
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (
+            DeploymentStatus.FINISHED,
+            DeploymentStatus.FAILED,
+            DeploymentStatus.CANCELED,
+        )
+
+
+@dataclass
+class Artifact:
+    """What runs: an importable `module`, or a `file` (a .py job module or a .zip archive with
+    `entry`, a .py file inside it) stored with the job's HA metadata."""
+
+    kind: str  # "module" | "file" | "archive"
+    module: str | None = None
+    file_name: str | None = None
+    entry: str | None = None
+
+
+@dataclass
+class JobRecord:
+    id: str
+    name: str
+    artifact: Artifact
+    parallelism: int
+    config: dict[str, Any]
+    status: JobStatus = JobStatus.CREATED
+    attempt: int = 0
+    placement: list[str] = field(default_factory=list)
+    reported: dict[str, str] = field(default_factory=dict)  # task manager -> DeploymentStatus
+    latest_checkpoint: int | None = None
+    error: str | None = None
+    submitted_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    failovers: int = 0
+    failures: int = 0  # restarts after a failure of the job's own code (restart.attempts)
+    endpoints: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deployment_id(self) -> str:
+        return f"{self.id}-{self.attempt}"
+
+    @property
+    def task_managers(self) -> list[str]:
+        """The task managers of the current attempt, in slot order."""
+        return list(dict.fromkeys(self.placement))
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = str(self.status)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "JobRecord":
+        data = dict(data)
+        data["artifact"] = Artifact(**data["artifact"])
+        data["status"] = JobStatus(data["status"])
+        return cls(**data)
+
+    def summary(self) -> dict[str, Any]:
+        """What `list` shows per job."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": str(self.status),
+            "parallelism": self.parallelism,
+            "task_managers": self.task_managers,
+            "latest_checkpoint": self.latest_checkpoint,
+            "endpoints": list(self.endpoints),
+            "failovers": self.failovers,
+        }
+
+
+@dataclass
+class TaskManagerInfo:
+    id: str
+    host: str
+    slots: int
+    metrics_url: str | None
+    exchange_address: str
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    registered_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+
+    def to_json(self, used_slots: int) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "slots": self.slots,
+            "free_slots": self.slots - used_slots,
+            "metrics_url": self.metrics_url,
+            "exchange_address": self.exchange_address,
+            "seconds_since_heartbeat": round(time.monotonic() - self.last_heartbeat, 3),
+            "registered_ms": self.registered_ms,
+        }

@@ -1,0 +1,305 @@
+"""The OpenAPI 3.1 document of the job manager's REST API (served at `/api/v1/openapi.json`).
+
+A test checks that every route the application serves is described here and vice versa.
+"""
+
+from typing import Any
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "401": _json(_ref("Error"), "missing or wrong token"),
+}
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+NOT_FOUND = {"404": _json(_ref("Error"), "no such job")}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "streamlet job manager",
+        "version": "1",
+        "description": "Submit, list, inspect and cancel jobs; task managers register and send "
+        "heartbeats here. Every call needs `Authorization: Bearer <cluster.token>`.",
+    },
+    "security": [{"token": []}],
+    "paths": {
+        "/api/v1/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}
+        },
+        "/api/v1/jobs": {
+            "get": {
+                "summary": "All jobs",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"jobs": {"type": "array", "items": _ref("JobSummary")}},
+                        },
+                        "jobs, oldest first",
+                    ),
+                    **ERRORS,
+                },
+            },
+            "post": {
+                "summary": "Submit a job (a module name, a .py job module or a .zip archive)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Submission")}},
+                },
+                "responses": {
+                    "201": _json(_ref("JobSummary"), "the job, with its id"),
+                    "400": _json(_ref("Error"), "broken module, bad configuration or request"),
+                    **ERRORS,
+                },
+            },
+        },
+        "/api/v1/jobs/{job_id}": {
+            "get": {
+                "summary": "A job's status, metrics, configuration and endpoints",
+                "parameters": [JOB_ID],
+                "responses": {"200": _json(_ref("JobStatus"), "the job"), **NOT_FOUND, **ERRORS},
+            }
+        },
+        "/api/v1/jobs/{job_id}/cancel": {
+            "post": {
+                "summary": "Cancel a job (its task manager stops it after a final checkpoint)",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "202": _json(_ref("JobSummary"), "cancelling"),
+                    **NOT_FOUND,
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/v1/jobs/{job_id}/checkpoints": {
+            "get": {
+                "summary": "The job's checkpoints on the DFS",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "200": _json(_ref("Checkpoints"), "checkpoint ids, newest first"),
+                    **NOT_FOUND,
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/v1/jobs/{job_id}/endpoints": {
+            "get": {
+                "summary": "Network endpoints the job registered (e.g. the compaction service)",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "200": _json(_ref("Endpoints"), "host:port list"),
+                    **NOT_FOUND,
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/v1/jobs/{job_id}/files/{name}": {
+            "get": {
+                "summary": "A file the job was submitted with (task managers fetch it)",
+                "parameters": [
+                    JOB_ID,
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the file's bytes",
+                        "content": {"application/octet-stream": {}},
+                    },
+                    **NOT_FOUND,
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/v1/endpoints/{job_name}": {
+            "get": {
+                "summary": "Endpoints of all running jobs named job_name (`job:<name>` addresses)",
+                "parameters": [
+                    {
+                        "name": "job_name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {"200": _json(_ref("Endpoints"), "host:port list"), **ERRORS},
+            }
+        },
+        "/api/v1/taskmanagers": {
+            "get": {
+                "summary": "Registered task managers and their free slots",
+                "responses": {"200": {"description": "task managers"}, **ERRORS},
+            },
+            "post": {
+                "summary": "Register a task manager (with the deployments it still runs)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Registration")}},
+                },
+                "responses": {"200": _json(_ref("HeartbeatAnswer"), "what to run"), **ERRORS},
+            },
+        },
+        "/api/v1/taskmanagers/{tm_id}/heartbeat": {
+            "post": {
+                "summary": "A task manager's periodic report",
+                "parameters": [
+                    {"name": "tm_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "deployments": {
+                                        "type": "array",
+                                        "items": _ref("DeploymentReport"),
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("HeartbeatAnswer"), "what to start, cancel and forget"),
+                    "404": _json(_ref("Error"), "unknown task manager: register again"),
+                    **ERRORS,
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "Redirects to the dashboard",
+                "security": [],
+                "responses": {"302": {"description": "to /dashboard/"}},
+            }
+        },
+        "/dashboard/": {
+            "get": {
+                "summary": "The web dashboard (static; it asks for the token)",
+                "security": [],
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "text exposition format"}, **ERRORS},
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
+            "Submission": {
+                "type": "object",
+                "required": ["artifact"],
+                "properties": {
+                    "artifact": {
+                        "type": "object",
+                        "required": ["kind"],
+                        "properties": {
+                            "kind": {"enum": ["module", "file", "archive"]},
+                            "module": {"type": "string"},
+                            "file_name": {"type": "string"},
+                            "entry": {"type": "string", "description": "archive's job module"},
+                        },
+                    },
+                    "data_b64": {"type": "string", "description": "the file, base64"},
+                    "parallelism": {"type": "integer", "minimum": 1},
+                    "config": {"type": "object", "description": "configuration keys"},
+                },
+            },
+            "JobSummary": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "name": {"type": "string"},
+                    "status": {
+                        "enum": [
+                            "CREATED",
+                            "DEPLOYING",
+                            "RUNNING",
+                            "RESTARTING",
+                            "RECOVERING",
+                            "CANCELLING",
+                            "CANCELED",
+                            "FINISHED",
+                            "FAILED",
+                        ]
+                    },
+                    "parallelism": {"type": "integer"},
+                    "task_managers": {"type": "array", "items": {"type": "string"}},
+                    "latest_checkpoint": {"type": ["integer", "null"]},
+                    "endpoints": {"type": "array", "items": {"type": "string"}},
+                    "failovers": {"type": "integer"},
+                },
+            },
+            "JobStatus": {
+                "allOf": [_ref("JobSummary")],
+                "properties": {
+                    "error": {"type": ["string", "null"]},
+                    "metrics": {"type": "object"},
+                    "attempt": {"type": "integer"},
+                    "submitted_ms": {"type": "integer"},
+                    "config": {"type": "object"},
+                },
+            },
+            "Checkpoints": {
+                "type": "object",
+                "properties": {
+                    "job_id": {"type": "string"},
+                    "directory": {"type": "string"},
+                    "checkpoint_ids": {"type": "array", "items": {"type": "integer"}},
+                    "latest": {"type": ["object", "null"]},
+                },
+            },
+            "Endpoints": {
+                "type": "object",
+                "properties": {"endpoints": {"type": "array", "items": {"type": "string"}}},
+            },
+            "Registration": {
+                "type": "object",
+                "required": ["id", "host", "slots", "exchange_address"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "host": {"type": "string"},
+                    "slots": {"type": "integer"},
+                    "exchange_address": {"type": "string", "description": "host:port for data"},
+                    "metrics_url": {"type": "string"},
+                    "deployments": {"type": "array", "items": _ref("DeploymentReport")},
+                },
+            },
+            "DeploymentReport": {
+                "type": "object",
+                "required": ["deployment_id", "job_id", "status"],
+                "properties": {
+                    "deployment_id": {"type": "string"},
+                    "job_id": {"type": "string"},
+                    "status": {"enum": ["STARTING", "RUNNING", "FINISHED", "FAILED", "CANCELED"]},
+                    "error": {"type": ["string", "null"]},
+                    "metrics": {"type": "object"},
+                    "endpoints": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "HeartbeatAnswer": {
+                "type": "object",
+                "properties": {
+                    "deploy": {"type": "array", "items": {"type": "object"}},
+                    "cancel": {"type": "array", "items": {"type": "string"}},
+                    "abort": {"type": "array", "items": {"type": "string"}},
+                    "release": {"type": "array", "items": {"type": "string"}},
+                    "endpoints": {"type": "object", "description": "job name -> host:port list"},
+                },
+            },
+        },
+    },
+}

@@ -1,0 +1,144 @@
+"""`streamlet taskmanager`: registers with the job manager, reports every heartbeat interval, and
+runs the deployments the answers name in its slots.
+
+The heartbeat loop is the only conversation with the job manager: a report of every deployment
+(status, metrics, endpoints) goes up; deployments to start, to cancel, to abort and to forget, and
+the endpoint directory come back. An unknown task manager (the job manager restarted) registers
+again with the deployments it still runs, which the job manager adopts. While the job manager is
+unreachable the task manager keeps running its jobs and keeps trying.
+
+It also serves `GET /metrics` (Prometheus, token required) and the data exchange with other task
+managers (`exchange`) on free ports of `cluster.bind-host`.
+It logs `task manager <id> registered` once registered (test and scripts wait for it).
+"""
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+
+from streamlet.cluster.auth import token_middleware
+from streamlet.cluster.client import ClusterError, JobManagerClient
+from streamlet.cluster.deployment import Deployment
+from streamlet.cluster.endpoints import EndpointDirectory
+from streamlet.cluster.exchange import ExchangeServer
+from streamlet.cluster.metrics import TaskManagerMetrics
+from streamlet.config import Configuration
+
+log = logging.getLogger("streamlet.cluster.taskmanager")
+
+
+class TaskManager:
+    def __init__(self, config: Configuration, slots: int | None = None) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.config = config
+        self.slots = slots or config.get("taskmanager.slots")
+        self.host = config.get("cluster.bind-host")
+        self.token = config.get("cluster.token")
+        self.interval_s = config.get("cluster.heartbeat.interval") / 1000
+        self.deployments: dict[str, Deployment] = {}
+        self.directory = EndpointDirectory()
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"streamlet-tm-{self.id}-"))
+        self.metrics = TaskManagerMetrics(self)
+        self.metrics_url: str | None = None
+        self.exchange = ExchangeServer(self.host, self.token)
+
+    async def run(self) -> None:
+        """Serve metrics and heartbeat until cancelled."""
+        runner = await self._serve_metrics()
+        await self.exchange.start()
+        client = JobManagerClient(self.config.get("cluster.jobmanager"), self.token)
+        try:
+            await self._heartbeat_forever(client)
+        finally:
+            for deployment in self.deployments.values():
+                deployment.abort()
+            await client.close()
+            await self.exchange.stop()
+            await runner.cleanup()
+            await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+
+    async def _serve_metrics(self) -> web.AppRunner:
+        app = web.Application(middlewares=[token_middleware(self.token)])
+
+        async def metrics(request: web.Request) -> web.Response:
+            body, content_type = self.metrics.render()
+            return web.Response(body=body, headers={"Content-Type": content_type})
+
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.metrics_url = f"http://{self.host}:{port}/metrics"
+        return runner
+
+    async def _heartbeat_forever(self, client: JobManagerClient) -> None:
+        registered = False
+        unreachable = False
+        while True:
+            reports = [deployment.report() for deployment in self.deployments.values()]
+            try:
+                if registered:
+                    answer = await client.heartbeat(self.id, reports)
+                else:
+                    answer = await client.register(
+                        {
+                            "id": self.id,
+                            "host": self.host,
+                            "slots": self.slots,
+                            "metrics_url": self.metrics_url,
+                            "exchange_address": self.exchange.address,
+                            "deployments": reports,
+                        }
+                    )
+                    log.info(
+                        "task manager %s registered with %s (%d slots)",
+                        self.id,
+                        client.url,
+                        self.slots,
+                    )
+                    registered = True
+                unreachable = False
+            except ClusterError as e:
+                if not unreachable:
+                    log.warning("job manager unreachable, retrying: %s", e)
+                unreachable = True
+                answer = None
+            if answer is not None:
+                self._apply(answer, client)
+            elif not unreachable:  # the job manager restarted and does not know us
+                log.info("the job manager does not know task manager %s: registering", self.id)
+                registered = False
+                continue
+            await asyncio.sleep(self.interval_s)
+
+    def _apply(self, answer: dict, client: JobManagerClient) -> None:
+        for descriptor in answer.get("deploy", []):
+            if descriptor["deployment_id"] not in self.deployments:
+                deployment = Deployment(
+                    descriptor,
+                    client,
+                    self.workdir / descriptor["deployment_id"],
+                    self.directory,
+                    self.exchange,
+                )
+                self.deployments[deployment.id] = deployment
+                log.info("starting deployment %s of job %s", deployment.id, deployment.name)
+                deployment.start()
+        for deployment_id in answer.get("cancel", []):
+            if deployment_id in self.deployments:
+                self.deployments[deployment_id].cancel()
+        for deployment_id in answer.get("abort", []):
+            if deployment_id in self.deployments:
+                self.deployments[deployment_id].abort()
+        for deployment_id in answer.get("release", []):
+            deployment = self.deployments.get(deployment_id)
+            if deployment is not None and deployment.status.terminal:
+                del self.deployments[deployment_id]
+        self.directory.update(answer.get("endpoints", {}))

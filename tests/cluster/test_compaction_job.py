@@ -1,0 +1,80 @@
+"""The compaction service as a job (`streamlet submit compaction_service`): it serves gRPC from
+a task manager slot, registers its endpoint, `job:<name>` resolves to every running instance, and
+it comes back at its address after its task manager is SIGKILLed; plus Prometheus metrics."""
+
+import re
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from streamlet.cluster.endpoints import JobManagerLookup, resolve_compaction_endpoints
+from tests.cluster.harness import TOKEN, Cluster, fetch
+from tests.support.ports import free_port
+
+
+def _serving(endpoint: str) -> bool:
+    with grpc.insecure_channel(endpoint) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _submit_compactor(cluster: Cluster, port: int) -> str:
+    return cluster.submit(
+        "compaction_service",
+        "-D", f"compaction.service.port={port}",
+        "-D", "compaction.service.workers=1",
+        "-D", "checkpoint.interval=0",
+    )  # fmt: skip
+
+
+def test_compaction_service_job_serves_registers_and_fails_over(cluster: Cluster) -> None:
+    first_tm = cluster.start_taskmanager(slots=1)
+    second_tm = cluster.start_taskmanager(slots=1)
+    ports = [free_port(), free_port()]
+    jobs = [_submit_compactor(cluster, port) for port in ports]
+    running = [
+        cluster.wait_job(job_id, lambda j: j["status"] == "RUNNING" and j["endpoints"])
+        for job_id in jobs
+    ]
+    endpoints = [f"127.0.0.1:{port}" for port in ports]
+    everywhere = sorted(endpoints)
+    assert [job["endpoints"] for job in running] == [[endpoint] for endpoint in endpoints]
+    assert {tm for job in running for tm in job["task_managers"]} == {first_tm, second_tm}
+    assert all(_serving(endpoint) for endpoint in endpoints)
+
+    listed = cluster.cli("list").stdout
+    for job_id, endpoint in zip(jobs, endpoints, strict=True):
+        assert f"{job_id}  compaction-service" in listed and endpoint in listed
+    lookup = JobManagerLookup(cluster.url, TOKEN)
+    assert sorted(resolve_compaction_endpoints("job:compaction-service", lookup)) == everywhere
+    assert resolve_compaction_endpoints("job:no-such-job", lookup) == []
+
+    _, metrics = cluster.api("GET", "/metrics")
+    assert 'streamlet_jobmanager_jobs{status="RUNNING"} 2.0' in metrics
+    assert "streamlet_jobmanager_slots_free 0.0" in metrics
+    _, managers = cluster.api("GET", "/api/v1/taskmanagers")
+    metrics_url = managers["task_managers"][0]["metrics_url"]
+    assert fetch("GET", metrics_url, token=None)[0] == 401
+    _, tm_metrics = fetch("GET", metrics_url)
+    assert "streamlet_taskmanager_slots_used 1.0" in tm_metrics
+    assert re.search(
+        r'compaction_service_accepted_total\{endpoint="127.0.0.1:\d+"\} 0.0', tm_metrics
+    )
+    assert "process_cpu_seconds_total" in tm_metrics
+
+    spare_tm = cluster.start_taskmanager(slots=1)
+    (victim,) = running[0]["task_managers"]
+    cluster.task_managers[victim].kill()
+    moved = cluster.wait_job(
+        jobs[0], lambda j: j["status"] == "RUNNING" and j["failovers"] == 1 and j["endpoints"]
+    )
+    assert moved["task_managers"] == [spare_tm]
+    assert moved["endpoints"] == [endpoints[0]]  # same address: clients return to remote
+    assert _serving(endpoints[0])
+    assert sorted(resolve_compaction_endpoints("job:compaction-service", lookup)) == everywhere
+
+    assert cluster.cli("cancel", jobs[1]).returncode == 0
+    cluster.wait_job(jobs[1], lambda j: j["status"] == "CANCELED")
+    assert resolve_compaction_endpoints("job:compaction-service", lookup) == [endpoints[0]]
