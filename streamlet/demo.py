@@ -1,108 +1,112 @@
-"""A keyed word count over generated words, run through the state backend API.
+"""`streamlet demo`: the paper job on the lsm backend, its compactions offloaded to a service.
 
-Two parallel subtasks each own a key-group range and count the words routed to them. Halfway
-through, the demo takes a checkpoint (the state handles plus the source offset), throws the
-backends away as a crash would, restores them from the checkpoint, replays the source from the
-recorded offset and finishes. The counts are then checked against a plain `Counter`: the restore
-gives exactly-once state.
-
->>> from streamlet.demo import run_word_count
->>> result = run_word_count("memory", words=2000, seed=7)
->>> result.matches_expected
-True
+The demo starts a compaction service in its own process (`streamlet compaction-service`, allowed to
+read and write only below a temporary directory), runs `jobs/paper_job.py` locally with the `lsm`
+backend in that directory and `compaction.mode: remote`, and prints the job's summary and what the
+service did: how many compactions ran remotely, with their bytes and CPU seconds. Everything runs on
+embedded defaults and loopback, and is removed afterwards.
 """
 
-import random
+import os
+import re
+import subprocess
+import sys
 import tempfile
-from collections import Counter
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from statebackend import (
-    BackendConfig,
-    KeyedStateBackend,
-    KeyGroupRange,
-    ValueStateDescriptor,
-    create_backend,
-    key_group_of,
-)
-from statebackend.keygroups import subtask_of_key_group
-from statebackend.serializers import DEFAULT_SERIALIZER
+import grpc
 
-MAX_PARALLELISM = 128
-COUNT = ValueStateDescriptor("count", default=0)
-VOCABULARY = (
-    "stream state key group window watermark barrier checkpoint snapshot restore compaction "
-    "memtable level table bloom manifest epoch fence cache flush merge tombstone ttl offset "
-    "source sink operator task slot job cluster service worker schedule"
-).split()
+from compaction_service.proto import compaction_pb2 as pb
+from compaction_service.proto import compaction_pb2_grpc as pb_grpc
+from streamlet.config import Configuration
+from streamlet.executor import JobResult
+from streamlet.launcher import run_job_file
+
+PAPER_JOB = Path(__file__).resolve().parents[1] / "jobs" / "paper_job.py"
+_LISTENING = re.compile(r"compaction service listening on \S+:(\d+)")
 
 
-def generate_words(count: int, seed: int) -> list[str]:
-    """A skewed (Zipf-like) stream of words, the same for the same seed."""
-    rng = random.Random(seed)
-    weights = [1 / rank for rank in range(1, len(VOCABULARY) + 1)]
-    return rng.choices(VOCABULARY, weights=weights, k=count)
+@dataclass(frozen=True)
+class DemoResult:
+    job: JobResult
+    service: pb.Totals
 
 
-@dataclass
-class WordCountResult:
-    backend: str
-    top: list[tuple[str, int]]
-    checkpoint_offset: int
-    matches_expected: bool
-
-
-def run_word_count(backend: str, words: int = 100_000, seed: int = 42, parallelism: int = 2):
-    stream = generate_words(words, seed)
+def run_demo(rows: int = 30_000, parallelism: int = 2) -> DemoResult:
     with tempfile.TemporaryDirectory(prefix="streamlet-demo-") as workdir:
-        config = BackendConfig(
-            backend, checkpoint_dir=f"file://{workdir}/checkpoints", local_dir=f"{workdir}/local"
+        root = Path(workdir)
+        service, port = _start_service(root)
+        try:
+            os.environ.setdefault("PAPER_ROWS", str(rows))
+            config = Configuration.load(
+                overrides={
+                    "state.backend": "lsm",
+                    "state.dir": (root / "state").as_uri(),
+                    "state.local-dir": str(root / "local"),
+                    "checkpoint.dir": (root / "checkpoints").as_uri(),
+                    "checkpoint.interval": "2s",
+                    "compaction.mode": "remote",
+                    "compaction.service.address": f"127.0.0.1:{port}",
+                    # Small memtables, so a short demo flushes and compacts many times.
+                    "state.options": {
+                        "lsm.memtable_bytes": 1 << 20,
+                        "lsm.l0_compaction_trigger": 3,
+                    },
+                },
+                environ={},
+            )
+            result = run_job_file(str(PAPER_JOB), config, parallelism)
+            totals = _service_totals(port)
+        finally:
+            service.terminate()
+            service.wait(timeout=30)
+    return DemoResult(result, totals)
+
+
+def _start_service(root: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A compaction service process on a free loopback port (its log in `root`), and that port."""
+    log_path = root / "compaction-service.log"
+    with open(log_path, "wb") as log_file:
+        service = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlet.cli",
+                "compaction-service",
+                "--port",
+                "0",
+                "--workers",
+                "1",
+                "--allowed-root",
+                root.as_uri(),
+            ],
+            stderr=log_file,
         )
-        ranges = [
-            KeyGroupRange.of_subtask(MAX_PARALLELISM, parallelism, i) for i in range(parallelism)
-        ]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and service.poll() is None:
+        found = _LISTENING.search(log_path.read_text(errors="replace"))
+        if found:
+            return service, int(found.group(1))
+        time.sleep(0.05)
+    service.kill()
+    service.wait()
+    raise RuntimeError(f"the compaction service did not start:\n{log_path.read_text()}")
 
-        def open_subtasks(handles: list | None = None) -> list[KeyedStateBackend]:
-            return [
-                create_backend(
-                    config,
-                    scope=f"wordcount/{i}",
-                    key_group_range=ranges[i],
-                    max_parallelism=MAX_PARALLELISM,
-                    restore=None if handles is None else handles[i],
-                )
-                for i in range(parallelism)
-            ]
 
-        subtasks = open_subtasks()
-        checkpoint_offset = len(stream) // 2
-        _count(subtasks, stream[:checkpoint_offset], parallelism)
-        handles = [subtask.snapshot(checkpoint_id=1) for subtask in subtasks]
-        _count(subtasks, stream[checkpoint_offset : checkpoint_offset + 1000], parallelism)
-        for subtask in subtasks:  # a crash: everything after the checkpoint is lost
-            subtask.dispose()
+def _service_totals(port: int) -> pb.Totals:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        status = pb_grpc.CompactionServiceStub(channel).Status(pb.StatusRequest(), timeout=10)
+    return status.totals
 
-        subtasks = open_subtasks(handles)
-        _count(subtasks, stream[checkpoint_offset:], parallelism)
-        counts = Counter()
-        for subtask in subtasks:
-            state = subtask.get_state(COUNT)
-            for word in subtask.keys(COUNT.name):
-                subtask.set_current_key(word)
-                counts[word] = state.value()
-            subtask.dispose()
-    return WordCountResult(
-        backend=backend,
-        top=counts.most_common(10),
-        checkpoint_offset=checkpoint_offset,
-        matches_expected=counts == Counter(stream),
+
+def print_demo(result: DemoResult) -> int:
+    totals = result.service
+    print(
+        f"compaction service: {totals.completed} compactions ran remotely "
+        f"({totals.input_bytes / 1e6:.1f} MB in, {totals.output_bytes / 1e6:.1f} MB out, "
+        f"{totals.cpu_seconds:.1f} CPU seconds moved off the job), {totals.failed} failed, "
+        f"{totals.rejected} rejected"
     )
-
-
-def _count(subtasks: list[KeyedStateBackend], words: list[str], parallelism: int) -> None:
-    states = [subtask.get_state(COUNT) for subtask in subtasks]
-    for word in words:
-        key_group = key_group_of(DEFAULT_SERIALIZER.serialize(word), MAX_PARALLELISM)
-        index = subtask_of_key_group(MAX_PARALLELISM, parallelism, key_group)
-        subtasks[index].set_current_key(word)
-        states[index].update(states[index].value() + 1)
+    return 0 if totals.completed > 0 else 1

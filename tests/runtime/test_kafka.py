@@ -46,6 +46,8 @@ async def test_sigkilled_kafka_job_resumes_from_checkpointed_offsets(
     for key, value in {
         "checkpoint.dir": (tmp_path / "chk").as_uri(),
         "state.dir": (tmp_path / "state").as_uri(),
+        "state.backend": "lsm",
+        "state.options": '{"lsm.memtable_bytes": 32768}',
         "checkpoint.interval": "100ms",
     }.items():
         args += ["-D", f"{key}={value}"]
