@@ -11,8 +11,8 @@ and once through a compaction service pinned to the other core. Figures:
   compacting, in the remote run (target <= 0.02); `job_compaction_cpu_share_local` for contrast;
 - `service_cpu_seconds`: what the service spent for the remote run.
 
-Until the runtime builds the remote compactor from `compaction.mode` (pending), the child installs
-it itself, with `statebackend.register_backend`.
+The child configures the job like any user would (`compaction.mode`, `compaction.service.address`,
+`state.options`) and reads the compaction figures from the job's metrics.
 """
 
 import contextlib
@@ -26,16 +26,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 KEYS = 200_000
 VALUE_BYTES = 100
-LSM_OPTIONS = {"memtable_bytes": 512 << 10, "target_file_size": 1 << 20, "max_compactions": 1}
+# Small memtables and tables, one compaction at a time, one local compaction worker process.
+LSM_OPTIONS = {
+    "lsm.memtable_bytes": 512 << 10,
+    "lsm.target_file_size": 1 << 20,
+    "lsm.max_compactions": 1,
+    "lsm.compaction_workers": 1,
+}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -127,52 +129,15 @@ def _kill_group(process: subprocess.Popen[str]) -> None:
 # -- the child: one run of the job -------------------------------------------------------------
 
 
-class _MeasuredLocalCompactor:
-    """Compactions in one worker process, adding up the CPU seconds they report."""
-
-    def __init__(self) -> None:
-        self._pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
-        self.cpu_seconds = 0.0
-        self.count = 0
-
-    def submit(self, spec: Any, storage_options: Mapping[str, Any]) -> "Future[Any]":
-        from statebackend.lsm.compaction_job import run_compaction
-
-        future = self._pool.submit(run_compaction, spec, dict(storage_options))
-        future.add_done_callback(self._account)
-        return future
-
-    def _account(self, future: "Future[Any]") -> None:
-        if not future.cancelled() and future.exception() is None:
-            self.cpu_seconds += future.result().stats.cpu_seconds
-            self.count += 1
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _child(mode: str, endpoint: str, records: int, root: Path) -> dict[str, Any]:
+    import asyncio
     import random
 
-    from compaction_service.client import RemoteCompactor
-    from statebackend import ValueStateDescriptor, register_backend
-    from statebackend.lsm.backend import LsmStoreFactory
+    from statebackend import ValueStateDescriptor
     from streamlet import Job, KeyedProcessFunction
     from streamlet.connectors import BlackholeSink, DataGeneratorSource
-
-    compactor: Any = (
-        RemoteCompactor([endpoint], deadline_s=120)
-        if mode == "remote"
-        else _MeasuredLocalCompactor()
-    )
-
-    class TunedLsm(LsmStoreFactory):
-        def open(self, context: Any, restore: Any) -> Any:
-            return super().open(
-                replace(context, options={**context.options, **LSM_OPTIONS}), restore
-            )
-
-    register_backend(TunedLsm(compactor))
+    from streamlet.executor import execute_job
+    from streamlet.metrics import JobMetrics
 
     class Latest(KeyedProcessFunction):
         VALUE = ValueStateDescriptor("value")
@@ -195,28 +160,25 @@ def _child(mode: str, endpoint: str, records: int, root: Path) -> dict[str, Any]
         "state.backend": "lsm",
         "state.dir": (root / "state").as_uri(),
         "state.local-dir": str(root / "local"),
+        "state.options": LSM_OPTIONS,
         "checkpoint.dir": (root / "checkpoints").as_uri(),
         "checkpoint.interval": 0,
         "compaction.mode": mode,
+        "compaction.service.address": endpoint if mode == "remote" else "",
     }
-    result = job.execute(config)
-    compactor.close()
+    metrics = JobMetrics()
+    result = asyncio.run(execute_job(job, config, metrics=metrics))
     usage_self = resource.getrusage(resource.RUSAGE_SELF)
     usage_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     total_cpu = sum((u.ru_utime + u.ru_stime) for u in (usage_self, usage_children))
-    if mode == "remote":
-        compaction_cpu = compactor.stats.local_cpu_seconds
-        compactions = compactor.stats.remote_ok
-        fallbacks, service_cpu = compactor.stats.fallbacks, compactor.stats.remote_cpu_seconds
-    else:
-        compaction_cpu, compactions = compactor.cpu_seconds, compactor.count
-        fallbacks, service_cpu = 0, 0.0
+    local, remote = metrics.compactions()
+    local_cpu, remote_cpu = metrics.compaction_cpu_seconds()
     return {
         "records_per_s": records / result.seconds,
-        "compaction_cpu_share": compaction_cpu / total_cpu,
-        "compactions": compactions,
-        "fallbacks": fallbacks,
-        "service_cpu_seconds": service_cpu,
+        "compaction_cpu_share": local_cpu / total_cpu,
+        "compactions": remote if mode == "remote" else local,
+        "fallbacks": local if mode == "remote" else 0,
+        "service_cpu_seconds": remote_cpu,
     }
 
 

@@ -97,7 +97,7 @@ async def _run(
         progress.finish()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-    stream.write(summary(result, stopped=stop.is_set()) + "\n")
+    stream.write(summary(result, stopped=stop.is_set(), metrics=metrics) + "\n")
     return result
 
 
@@ -145,7 +145,7 @@ class ProgressLine:
             self.stream.flush()
 
 
-def summary(result: JobResult, stopped: bool) -> str:
+def summary(result: JobResult, stopped: bool, metrics: JobMetrics) -> str:
     restored = (
         f", restored from checkpoint {result.restored_checkpoint}"
         if result.restored_checkpoint is not None
@@ -155,7 +155,18 @@ def summary(result: JobResult, stopped: bool) -> str:
     return (
         f"job {result.job_name} {how} in {result.seconds:.1f} s: {result.records_in:,} records "
         f"in, {result.records_out:,} out, {result.checkpoints} checkpoints, "
-        f"{result.restarts} restarts{restored}"
+        f"{result.restarts} restarts{restored}{_compactions(metrics)}"
+    )
+
+
+def _compactions(metrics: JobMetrics) -> str:
+    local, remote = metrics.compactions()
+    if not local and not remote:
+        return ""
+    _, moved = metrics.compaction_cpu_seconds()
+    return (
+        f"; compactions: {local} local, {remote} remote "
+        f"({moved:.1f} CPU seconds moved off the job)"
     )
 
 

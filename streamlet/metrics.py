@@ -20,6 +20,14 @@ class JobMetrics:
     checkpoints: int = 0
     last_checkpoint_id: int | None = None
     backends: list[KeyedStateBackend] = field(default_factory=list)
+    # What closed backends' stores reported last, so totals survive the end of an attempt.
+    retired: dict[str, float] = field(default_factory=dict)
+
+    def retire(self, backend: KeyedStateBackend) -> None:
+        """Stop watching `backend` (it is closing), keeping what its store reported."""
+        self.backends.remove(backend)
+        for key, value in _store_metrics(backend).items():
+            self.retired[key] = self.retired.get(key, 0.0) + value
 
     def compactions(self) -> tuple[int, int]:
         """(local, remote) compactions of the backends whose stores report them via `metrics()`."""
@@ -33,11 +41,17 @@ class JobMetrics:
         return self._backend_sums("compaction_cpu_seconds_local", "compaction_cpu_seconds_remote")
 
     def _backend_sums(self, *keys: str) -> tuple[float, ...]:
-        sums = dict.fromkeys(keys, 0.0)
+        sums = {key: self.retired.get(key, 0.0) for key in keys}
         for backend in self.backends:
-            metrics = getattr(backend.store, "metrics", None)
-            if metrics is not None:
-                values = metrics()
-                for key in keys:
-                    sums[key] += float(values.get(key, 0) or 0)
+            values = _store_metrics(backend)
+            for key in keys:
+                sums[key] += values.get(key, 0.0)
         return tuple(sums[key] for key in keys)
+
+
+def _store_metrics(backend: KeyedStateBackend) -> dict[str, float]:
+    """What the backend's store reports through `metrics()`, if it has one."""
+    metrics = getattr(backend.store, "metrics", None)
+    if metrics is None:
+        return {}
+    return {key: float(value or 0) for key, value in metrics().items()}

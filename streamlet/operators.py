@@ -57,7 +57,7 @@ class OperatorContext:
         return backend
 
     def release_keyed_backend(self, backend: KeyedStateBackend) -> None:
-        self.metrics.backends.remove(backend)
+        self.metrics.retire(backend)
         backend.dispose()
 
 

@@ -59,7 +59,11 @@ def kill_mid_stream_and_rerun(runner: ProcessRunner, output: Path, defines: dict
     second = start_run(runner, output, defines)
     assert second.wait(timeout=90) == 0, second.describe("failed")
     log = second.output()
-    assert re.search(r"^job keyed-count finished in .*, restored from checkpoint \d+$", log, re.M)
+    assert re.search(
+        r"^job keyed-count finished in .*, restored from checkpoint \d+(; compactions: .*)?$",
+        log,
+        re.M,
+    )
     progress = r"^\[keyed-count\] \d\d:\d\d in [\d,]+ \([\d,]+/s\) out [\d,]+ \([\d,]+/s\) "
     assert re.search(progress + r"checkpoints \d+ compactions local \d+ remote 0$", log, re.M)
     # Exactly-once state: each key's final count is its number of records. Exactly-once sink:
