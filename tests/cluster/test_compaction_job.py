@@ -1,8 +1,10 @@
 """The compaction service as a job (`streamlet submit compaction_service`): it serves gRPC from
 a task manager slot, registers its endpoint, `job:<name>` resolves to every running instance, and
-it comes back at its address after its task manager is SIGKILLed; plus Prometheus metrics."""
+it comes back at its address after its task manager is SIGKILLed, and a job offloading to it falls
+back to local compaction meanwhile and returns to remote after; plus Prometheus metrics."""
 
 import re
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -10,6 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from streamlet.cluster.endpoints import JobManagerLookup, resolve_compaction_endpoints
 from tests.cluster.harness import TOKEN, Cluster, fetch
 from tests.support.ports import free_port
+
+JOBS = Path(__file__).parent / "jobs"
 
 
 def _serving(endpoint: str) -> bool:
@@ -78,3 +82,40 @@ def test_compaction_service_job_serves_registers_and_fails_over(cluster: Cluster
     assert cluster.cli("cancel", jobs[1]).returncode == 0
     cluster.wait_job(jobs[1], lambda j: j["status"] == "CANCELED")
     assert resolve_compaction_endpoints("job:compaction-service", lookup) == [endpoints[0]]
+
+
+def _compactions(job: dict) -> tuple[int, int]:
+    metrics = job.get("metrics", {})
+    return metrics.get("compactions_local", 0), metrics.get("compactions_remote", 0)
+
+
+def test_jobs_fall_back_to_local_compaction_and_return_to_remote(cluster: Cluster) -> None:
+    compactor_tm = cluster.start_taskmanager(slots=1)
+    port = free_port()
+    compactor = _submit_compactor(cluster, port)
+    cluster.wait_job(compactor, lambda j: j["status"] == "RUNNING" and j["endpoints"])
+    cluster.start_taskmanager(slots=1)
+    writer = cluster.submit(
+        str(JOBS / "lsm_writes.py"),
+        "-D", "state.backend=lsm",
+        "-D", 'state.options={"lsm.memtable_bytes": 65536, "lsm.l0_compaction_trigger": 2}',
+        "-D", "compaction.mode=remote",
+        "-D", "compaction.service.address=job:compaction-service",
+        "-D", "checkpoint.interval=0",
+    )  # fmt: skip
+    offloading = cluster.wait_job(writer, lambda j: _compactions(j)[1] >= 2, timeout=60)
+    assert offloading["task_managers"] != [compactor_tm]
+
+    cluster.task_managers[compactor_tm].kill()  # the compaction service goes down with it
+    local_before, remote_before = _compactions(offloading)
+    fell_back = cluster.wait_job(writer, lambda j: _compactions(j)[0] > local_before, timeout=60)
+    assert fell_back["status"] == "RUNNING"  # the writer kept going on local compactions
+
+    cluster.start_taskmanager(slots=1)  # the compactor job fails over to it, at its address
+    cluster.wait_job(compactor, lambda j: j["status"] == "RUNNING" and j["failovers"] == 1)
+    remote_at_restart = _compactions(cluster.job(writer))[1]
+    returned = cluster.wait_job(
+        writer, lambda j: _compactions(j)[1] > remote_at_restart + 1, timeout=90
+    )
+    assert returned["status"] == "RUNNING" and returned["failovers"] == 0
+    assert cluster.cli("cancel", writer).returncode == 0
