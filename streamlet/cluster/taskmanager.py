@@ -16,6 +16,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -48,19 +49,60 @@ class TaskManager:
         self.exchange = ExchangeServer(self.host, self.token)
 
     async def run(self) -> None:
-        """Serve metrics and heartbeat until cancelled."""
+        """Serve metrics and heartbeat until cancelled.
+
+        Heartbeats run on their own thread and event loop: a job's operators share this loop, and
+        a blocking state call (an LSM write stall, say) must not make the job manager declare a
+        working task manager lost. The answers are applied on this loop.
+        """
         runner = await self._serve_metrics()
         await self.exchange.start()
-        client = JobManagerClient(self.config.get("cluster.jobmanager"), self.token)
+        self._client = JobManagerClient(self.config.get("cluster.jobmanager"), self.token)
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+        stopped = threading.Event()
+        heartbeats = threading.Thread(
+            target=self._heartbeat_thread,
+            args=(loop, ended, stopped),
+            name=f"heartbeat-{self.id}",
+            daemon=True,
+        )
+        heartbeats.start()
         try:
-            await self._heartbeat_forever(client)
+            await ended
         finally:
-            for deployment in self.deployments.values():
+            stopped.set()
+            for deployment in list(self.deployments.values()):
                 deployment.abort()
-            await client.close()
+            await self._client.close()
             await self.exchange.stop()
             await runner.cleanup()
+            await asyncio.to_thread(heartbeats.join, self.interval_s + 5)
             await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+
+    def _heartbeat_thread(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ended: "asyncio.Future[None]",
+        stopped: threading.Event,
+    ) -> None:
+        def finish(error: BaseException | None) -> None:
+            if ended.done():
+                return
+            if error is None:
+                ended.set_result(None)
+            else:
+                ended.set_exception(error)
+
+        error: BaseException | None = None
+        try:
+            asyncio.run(self._heartbeat_forever(loop, stopped))
+        except BaseException as e:  # noqa: BLE001 - handed to the task manager's loop
+            error = e
+        try:
+            loop.call_soon_threadsafe(finish, error)
+        except RuntimeError:
+            pass  # the task manager's loop is gone: it is shutting down anyway
 
     async def _serve_metrics(self) -> web.AppRunner:
         app = web.Application(middlewares=[token_middleware(self.token)])
@@ -78,11 +120,19 @@ class TaskManager:
         self.metrics_url = f"http://{self.host}:{port}/metrics"
         return runner
 
-    async def _heartbeat_forever(self, client: JobManagerClient) -> None:
+    async def _heartbeat_forever(
+        self, loop: asyncio.AbstractEventLoop, stopped: threading.Event
+    ) -> None:
+        async with JobManagerClient(self.config.get("cluster.jobmanager"), self.token) as client:
+            await self._converse(client, loop, stopped)
+
+    async def _converse(
+        self, client: JobManagerClient, loop: asyncio.AbstractEventLoop, stopped: threading.Event
+    ) -> None:
         registered = False
         unreachable = False
-        while True:
-            reports = [deployment.report() for deployment in self.deployments.values()]
+        while not stopped.is_set():
+            reports = [deployment.report() for deployment in list(self.deployments.values())]
             try:
                 if registered:
                     answer = await client.heartbeat(self.id, reports)
@@ -111,19 +161,19 @@ class TaskManager:
                 unreachable = True
                 answer = None
             if answer is not None:
-                self._apply(answer, client)
+                loop.call_soon_threadsafe(self._apply, answer)
             elif not unreachable:  # the job manager restarted and does not know us
                 log.info("the job manager does not know task manager %s: registering", self.id)
                 registered = False
                 continue
             await asyncio.sleep(self.interval_s)
 
-    def _apply(self, answer: dict, client: JobManagerClient) -> None:
+    def _apply(self, answer: dict) -> None:
         for descriptor in answer.get("deploy", []):
             if descriptor["deployment_id"] not in self.deployments:
                 deployment = Deployment(
                     descriptor,
-                    client,
+                    self._client,
                     self.workdir / descriptor["deployment_id"],
                     self.directory,
                     self.exchange,
