@@ -78,6 +78,9 @@ def _add_cluster_commands(commands: "argparse._SubParsersAction") -> None:
     _add_defines(jobmanager, "the job manager")
     taskmanager = commands.add_parser("taskmanager", help="run a task manager")
     taskmanager.add_argument("--slots", type=int, help="default: taskmanager.slots")
+    taskmanager.add_argument(
+        "--port", type=int, default=0, help="port of /metrics and /healthz (0: any free port)"
+    )
     _add_defines(taskmanager, "the task manager")
     cluster = commands.add_parser("cluster", help="a local job manager and task managers")
     cluster.add_argument("--taskmanagers", type=int, default=2)
@@ -122,7 +125,7 @@ def _cluster_command(args: argparse.Namespace) -> int:
     if args.command == "jobmanager":
         return commands.jobmanager(config, args.host, args.port)
     if args.command == "taskmanager":
-        return commands.taskmanager(config, args.slots)
+        return commands.taskmanager(config, args.slots, args.port)
     if args.command == "cluster":
         return local.cluster(config, args.port, args.taskmanagers, args.slots)
     if args.command == "submit":

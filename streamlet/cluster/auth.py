@@ -1,8 +1,8 @@
 """The shared token: every REST call carries `Authorization: Bearer <cluster.token>`.
 
 The job manager refuses to start without a token, answers 401 to a call without the right one
-(compared in constant time), and serves the dashboard's static files without it (they hold no
-data; the page asks for the token and sends it with every call it makes).
+(compared in constant time), and serves the dashboard's static files and `/healthz` without it
+(they hold no data; the page asks for the token and sends it with every call it makes).
 """
 
 import hmac
@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-PUBLIC_PREFIXES = ("/dashboard",)
+PUBLIC_PREFIXES = ("/dashboard", "/healthz")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

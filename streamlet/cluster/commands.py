@@ -81,14 +81,14 @@ def jobmanager(config: Configuration, host: str | None, port: int) -> int:
     return 0
 
 
-def taskmanager(config: Configuration, slots: int | None) -> int:
+def taskmanager(config: Configuration, slots: int | None, port: int = 0) -> int:
     _logging()
     try:
         require_token(config.get("cluster.token"))
     except MissingToken as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    asyncio.run(_until_signalled(TaskManager(config, slots).run))
+    asyncio.run(_until_signalled(TaskManager(config, slots, port).run))
     return 0
 
 

@@ -7,8 +7,9 @@ the endpoint directory come back. An unknown task manager (the job manager resta
 again with the deployments it still runs, which the job manager adopts. While the job manager is
 unreachable the task manager keeps running its jobs and keeps trying.
 
-It also serves `GET /metrics` (Prometheus, token required) and the data exchange with other task
-managers (`exchange`) on free ports of `cluster.bind-host`.
+It also serves `GET /metrics` (Prometheus, token required) and `GET /healthz` (no token: for
+liveness and readiness probes) on `port` (0: a free one), and the data exchange with other task
+managers (`exchange`) on a free port of `cluster.bind-host`.
 It logs `task manager <id> registered` once registered (test and scripts wait for it).
 """
 
@@ -34,7 +35,7 @@ log = logging.getLogger("streamlet.cluster.taskmanager")
 
 
 class TaskManager:
-    def __init__(self, config: Configuration, slots: int | None = None) -> None:
+    def __init__(self, config: Configuration, slots: int | None = None, port: int = 0) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.config = config
         self.slots = slots or config.get("taskmanager.slots")
@@ -46,6 +47,7 @@ class TaskManager:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"streamlet-tm-{self.id}-"))
         self.metrics = TaskManagerMetrics(self)
         self.metrics_url: str | None = None
+        self.port = port
         self.exchange = ExchangeServer(self.host, self.token)
 
     async def run(self) -> None:
@@ -111,10 +113,14 @@ class TaskManager:
             body, content_type = self.metrics.render()
             return web.Response(body=body, headers={"Content-Type": content_type})
 
+        async def healthz(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
         app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, 0)
+        site = web.TCPSite(runner, self.host, self.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.metrics_url = f"http://{self.host}:{port}/metrics"

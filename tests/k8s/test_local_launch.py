@@ -78,6 +78,8 @@ def test_the_manifests_run_the_remote_compaction_example(
         streamlet_tm = pods.launch("streamlet-taskmanager")
         for pod in (compactor_tm, streamlet_tm):
             pod.process.wait_for_output(REGISTERED, timeout=30)
+            assert pod.probe("livenessProbe")
+        streamlet_tm.wait_probe("readinessProbe")
         # Not ready (so not behind the headless Service) until a compaction service runs in it.
         assert not compactor_tm.probe("readinessProbe")
 
