@@ -44,6 +44,7 @@ def service_config(config: Configuration, subtask_index: int) -> ServiceConfig:
         port=port + subtask_index if port else 0,
         workers=config.get("compaction.service.workers"),
         storage_options=config.get("dfs.storage-options"),
+        token=config.get("compaction.service.token") or None,
     )
 
 
