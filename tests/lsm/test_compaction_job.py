@@ -97,8 +97,9 @@ def _v(s: bytes) -> bytes:
 def test_newest_entry_wins_across_l0_runs_and_levels(db: Db) -> None:
     l0_new = db.table("l0-new.sst", [(b"a", _v(b"l0new")), (b"d", None)])
     l0_old = db.table("l0-old.sst", [(b"a", _v(b"l0old")), (b"b", _v(b"l0old")), (b"e", None)])
-    l1 = db.table("l1.sst", [(b"a", _v(b"l1")), (b"b", _v(b"l1")), (b"c", _v(b"l1")),
-                             (b"d", _v(b"l1"))])
+    l1 = db.table(
+        "l1.sst", [(b"a", _v(b"l1")), (b"b", _v(b"l1")), (b"c", _v(b"l1")), (b"d", _v(b"l1"))]
+    )
     l2a = db.table("l2a.sst", [(b"c", _v(b"l2")), (b"e", _v(b"l2"))])
     l2b = db.table("l2b.sst", [(b"f", _v(b"l2")), (b"g", _v(b"l2"))])
     spec = _spec(
@@ -160,13 +161,23 @@ def test_expired_entries_are_dropped(db: Db) -> None:
     # Above the bottom an expired value becomes a tombstone: the older b"older" must not reappear.
     upper = run_compaction(_spec(db, inputs, bottommost=False, ttl_cutoff_ms=2000))
     assert _outputs(db, upper) == [
-        (b"a", None), (b"b", None), entries[2], entries[3], (b"e", None), entries[5], (b"g", None)
+        (b"a", None),
+        (b"b", None),
+        entries[2],
+        entries[3],
+        (b"e", None),
+        entries[5],
+        (b"g", None),
     ]
     assert upper.stats.dropped_expired == 3
 
     none = run_compaction(_spec(db, inputs, bottommost=True, ttl_cutoff_ms=None))
     assert _outputs(db, none) == [
-        (b"a", ttl.wrap(b"old", 1000)), entries[1], entries[2], entries[3], entries[5],
+        (b"a", ttl.wrap(b"old", 1000)),
+        entries[1],
+        entries[2],
+        entries[3],
+        entries[5],
         (b"g", ttl.wrap(b"g", 5)),
     ]
 
@@ -182,9 +193,7 @@ def _random_inputs(db: Db, seed: int) -> tuple[list[CompactionInput], Entries]:
         return {b"%05d" % rng.randrange(20_000): value() for _ in range(n)}
 
     l1_all = sorted(entries(6000, b"l1").items())
-    l1 = tuple(
-        db.table(f"l1-{i}.sst", l1_all[i * 1500 : (i + 1) * 1500]) for i in range(4)
-    )
+    l1 = tuple(db.table(f"l1-{i}.sst", l1_all[i * 1500 : (i + 1) * 1500]) for i in range(4))
     l0 = [entries(2000, b"l0-%d" % i) for i in range(3)]  # newest first
     l0_tables = tuple(db.table(f"l0-{i}.sst", list(run.items())) for i, run in enumerate(l0))
     expected: dict[bytes, bytes | None] = dict(l1_all)
@@ -266,9 +275,7 @@ def test_a_missing_input_fails_the_compaction_and_leaves_no_outputs(db: Db) -> N
     ghost = TableMeta("ghost.sst", 1000, b"99990", b"99999", 5, 0, None, "flush")
     before = db.names()
     with pytest.raises(FileNotFoundError):
-        run_compaction(
-            _spec(db, [*inputs, CompactionInput(2, (ghost,))], target_file_size=20_000)
-        )
+        run_compaction(_spec(db, [*inputs, CompactionInput(2, (ghost,))], target_file_size=20_000))
     assert db.names() == before
 
 

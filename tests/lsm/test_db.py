@@ -21,26 +21,12 @@ from statebackend.lsm.backend import LsmStoreFactory, parse_options
 from statebackend.lsm.cache import BlockCache
 from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec, run_compaction
 from statebackend.lsm.compactor import LocalCompactor
-from statebackend.lsm.db import LsmDB, LsmOptions
-from statebackend.lsm.table import CorruptTableError, TableOptions
+from statebackend.lsm.db import LsmDB
+from statebackend.lsm.table import CorruptTableError
 from statebackend.lsm.version import VersionEdit
 from statebackend.store import StoreContext
 from statebackend.ttl import wrap
-
-
-def small(**kw: Any) -> LsmOptions:
-    base: dict[str, Any] = dict(
-        memtable_bytes=4096,
-        table=TableOptions(block_size=512),
-        target_file_size=4096,
-        level_base_bytes=16384,
-        l0_compaction_trigger=3,
-        gc_grace_s=0,
-        gc_interval_s=3600,
-        retry_backoff_s=0.001,
-    )
-    base.update(kw)
-    return LsmOptions(**base)
+from tests.lsm.options import small_options
 
 
 @pytest.fixture
@@ -62,7 +48,9 @@ def key(i: int) -> bytes:
 def open_db(root: str, compactor: LocalCompactor, **kw: Any) -> LsmDB:
     restore = kw.pop("restore_manifest", None)
     fresh = kw.pop("fresh", False)
-    return LsmDB(root, small(**kw), compactor=compactor, restore_manifest=restore, fresh=fresh)
+    return LsmDB(
+        root, small_options(**kw), compactor=compactor, restore_manifest=restore, fresh=fresh
+    )
 
 
 def test_reads_see_newest_value_across_all_sources(root: str, compactor: LocalCompactor) -> None:
@@ -233,7 +221,7 @@ def test_writes_stop_at_l0_stop_trigger_until_compaction_catches_up(root: str) -
     gated = GatedCompactor()
     db = LsmDB(
         root,
-        small(
+        small_options(
             l0_compaction_trigger=2,
             l0_slowdown_trigger=3,
             l0_stop_trigger=4,
@@ -262,7 +250,7 @@ def test_writes_stop_at_l0_stop_trigger_until_compaction_catches_up(root: str) -
 
 def test_writes_slow_down_at_l0_slowdown_trigger(root: str) -> None:
     gated = GatedCompactor()
-    options = small(l0_compaction_trigger=2, l0_slowdown_trigger=2, slowdown_sleep_s=0.2)
+    options = small_options(l0_compaction_trigger=2, l0_slowdown_trigger=2, slowdown_sleep_s=0.2)
     db = LsmDB(root, options, compactor=gated)
     fill_l0(db, 2)
     start = time.monotonic()
@@ -275,7 +263,7 @@ def test_writes_slow_down_at_l0_slowdown_trigger(root: str) -> None:
 
 def test_cancelled_compaction_is_not_installed_and_its_outputs_are_deleted(root: str) -> None:
     gated = GatedCompactor()
-    db = LsmDB(root, small(l0_compaction_trigger=2), compactor=gated)
+    db = LsmDB(root, small_options(l0_compaction_trigger=2), compactor=gated)
     fill_l0(db, 2)
     wait_for(lambda: len(db.running_compactions()) == 1)
     (cid,) = db.running_compactions()
@@ -293,7 +281,9 @@ def test_cancelled_compaction_is_not_installed_and_its_outputs_are_deleted(root:
 
 def test_timed_out_compaction_is_abandoned_and_its_outputs_deleted(root: str) -> None:
     gated = GatedCompactor()
-    db = LsmDB(root, small(l0_compaction_trigger=2, compaction_timeout_s=0.05), compactor=gated)
+    db = LsmDB(
+        root, small_options(l0_compaction_trigger=2, compaction_timeout_s=0.05), compactor=gated
+    )
     fill_l0(db, 2)
     wait_for(lambda: len(gated.specs) >= 2)  # the first timed out; the picker retried
     gated.gate.set()
@@ -310,7 +300,7 @@ def test_timed_out_compaction_is_abandoned_and_its_outputs_deleted(root: str) ->
 
 def test_compaction_with_stale_inputs_is_discarded(root: str) -> None:
     gated = GatedCompactor()
-    db = LsmDB(root, small(l0_compaction_trigger=2, max_compactions=1), compactor=gated)
+    db = LsmDB(root, small_options(l0_compaction_trigger=2, max_compactions=1), compactor=gated)
     fill_l0(db, 2)
     wait_for(lambda: len(gated.specs) == 1)
     # Invalidate the inputs with an edit through the same path a concurrent install would take.
@@ -435,7 +425,7 @@ def test_corrupt_table_raises_through_get_and_scan(root: str, compactor: LocalCo
 
 
 def test_process_compactor_on_file_root(tmp_path) -> None:  # noqa: ANN001
-    db = LsmDB(f"file://{tmp_path}/db", small(l0_compaction_trigger=2))
+    db = LsmDB(f"file://{tmp_path}/db", small_options(l0_compaction_trigger=2))
     assert isinstance(db.compactor, LocalCompactor) and db.compactor.processes
     fill_l0(db, 3)
     db.wait_idle(timeout=60)

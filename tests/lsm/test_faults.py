@@ -16,9 +16,9 @@ from fsspec.spec import AbstractFileSystem
 
 from statebackend.lsm import db as db_module
 from statebackend.lsm.compactor import LocalCompactor
-from statebackend.lsm.db import LsmDB, LsmOptions
+from statebackend.lsm.db import LsmDB
 from statebackend.lsm.manifest import FencedError
-from statebackend.lsm.table import TableOptions
+from tests.lsm.options import small_options
 
 
 class FaultyFileSystem(AbstractFileSystem):
@@ -125,22 +125,6 @@ def root() -> str:
     return f"faulty://faults-{uuid.uuid4().hex}/db"
 
 
-def opts(**kw: Any) -> LsmOptions:
-    base: dict[str, Any] = dict(
-        memtable_bytes=4096,
-        table=TableOptions(block_size=512),
-        target_file_size=4096,
-        level_base_bytes=16384,
-        l0_compaction_trigger=3,
-        gc_grace_s=0,
-        gc_interval_s=3600,
-        retry_backoff_s=0.001,
-        io_retries=3,
-    )
-    base.update(kw)
-    return LsmOptions(**base)
-
-
 def key(i: int) -> bytes:
     return b"k%06d" % i
 
@@ -161,12 +145,12 @@ def contents(db: LsmDB) -> dict[bytes, bytes]:
 def test_transient_flush_failures_are_retried(
     root: str, compactor: LocalCompactor, op: str
 ) -> None:
-    db = LsmDB(root, opts(auto_compact=False), compactor=compactor)
+    db = LsmDB(root, small_options(auto_compact=False), compactor=compactor)
     FaultyFileSystem.fail(op, "/tables/", times=2)
     acked = write(db, 0, 300, b"a")
     db.flush()
     db.close()
-    db = LsmDB(root, opts(), compactor=compactor)
+    db = LsmDB(root, small_options(), compactor=compactor)
     assert contents(db) == acked
     db.close()
 
@@ -174,7 +158,7 @@ def test_transient_flush_failures_are_retried(
 def test_persistent_flush_failure_surfaces_and_acknowledged_data_survives(
     root: str, compactor: LocalCompactor
 ) -> None:
-    db = LsmDB(root, opts(auto_compact=False), compactor=compactor)
+    db = LsmDB(root, small_options(auto_compact=False), compactor=compactor)
     acked = write(db, 0, 200, b"a")
     db.flush()
     FaultyFileSystem.fail("open", "/tables/", times=100)
@@ -185,7 +169,7 @@ def test_persistent_flush_failure_surfaces_and_acknowledged_data_survives(
         db.put(b"x", b"y")
     db.close()
     FaultyFileSystem.clear()
-    db = LsmDB(root, opts(), compactor=compactor)
+    db = LsmDB(root, small_options(), compactor=compactor)
     assert contents(db) == acked
     db.close()
 
@@ -194,20 +178,20 @@ def test_persistent_flush_failure_surfaces_and_acknowledged_data_survives(
 def test_manifest_write_failures_are_retried_under_new_numbers(
     root: str, compactor: LocalCompactor, op: str
 ) -> None:
-    db = LsmDB(root, opts(auto_compact=False), compactor=compactor)
+    db = LsmDB(root, small_options(auto_compact=False), compactor=compactor)
     first = db.manifest_number
     FaultyFileSystem.fail(op, "/manifest/", times=2)
     acked = write(db, 0, 100, b"a")
     db.checkpoint(1)
     assert db.manifest_number >= first + 3  # two numbers were consumed by the failures
     db.close()
-    db = LsmDB(root, opts(), compactor=compactor)
+    db = LsmDB(root, small_options(), compactor=compactor)
     assert contents(db) == acked and 1 in db.pins
     db.close()
 
 
 def test_crash_between_table_write_and_manifest_write(root: str, compactor: LocalCompactor) -> None:
-    db = LsmDB(root, opts(auto_compact=False), compactor=compactor)
+    db = LsmDB(root, small_options(auto_compact=False), compactor=compactor)
     acked = write(db, 0, 100, b"a")
     db.checkpoint(1)
     write(db, 100, 200, b"b")
@@ -219,7 +203,7 @@ def test_crash_between_table_write_and_manifest_write(root: str, compactor: Loca
     assert orphans
     db.close()  # the "crash"
     FaultyFileSystem.clear()
-    db = LsmDB(root, opts(), compactor=compactor)
+    db = LsmDB(root, small_options(), compactor=compactor)
     assert contents(db) == acked
     db.collect_garbage()
     files = {p.rsplit("/", 1)[1] for p in db.fs.ls(f"{db._root_path}/tables", detail=False)}
@@ -228,7 +212,7 @@ def test_crash_between_table_write_and_manifest_write(root: str, compactor: Loca
 
 
 def test_compaction_read_failure_is_retried(root: str, compactor: LocalCompactor) -> None:
-    db = LsmDB(root, opts(auto_compact=False), compactor=compactor)
+    db = LsmDB(root, small_options(auto_compact=False), compactor=compactor)
     acked = write(db, 0, 600, b"a")
     db.flush()
     FaultyFileSystem.fail("cat", "/tables/", times=1)
@@ -243,7 +227,7 @@ def test_repeated_compaction_failures_surface_to_the_writer(
     root: str, compactor: LocalCompactor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db_module, "MAX_COMPACTION_FAILURES", 2)
-    db = LsmDB(root, opts(), compactor=compactor)
+    db = LsmDB(root, small_options(), compactor=compactor)
     acked = write(db, 0, 50, b"a")
     db.flush()
     # Compaction outputs only: "tables/<epoch>-c<id>-..." (a flush's random suffix may hold "-c").
@@ -253,7 +237,7 @@ def test_repeated_compaction_failures_surface_to_the_writer(
             db.put(key(i % 50), b"a%d" % (i % 50))
     db.close()
     FaultyFileSystem.clear()
-    db = LsmDB(root, opts(), compactor=compactor)
+    db = LsmDB(root, small_options(), compactor=compactor)
     assert contents(db) == acked
     db.close()
 
@@ -261,7 +245,7 @@ def test_repeated_compaction_failures_surface_to_the_writer(
 def test_failed_install_commit_leaves_version_and_data_intact(
     root: str, compactor: LocalCompactor
 ) -> None:
-    db = LsmDB(root, opts(auto_compact=False), compactor=compactor)
+    db = LsmDB(root, small_options(auto_compact=False), compactor=compactor)
     acked = write(db, 0, 300, b"a")
     db.flush()
     before = db.version.names()
@@ -278,7 +262,7 @@ def test_failed_install_commit_leaves_version_and_data_intact(
 def test_damaged_newest_manifest_opens_the_previous_version(
     root: str, compactor: LocalCompactor, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    db = LsmDB(root, opts(auto_compact=False), compactor=compactor)
+    db = LsmDB(root, small_options(auto_compact=False), compactor=compactor)
     acked = write(db, 0, 50, b"a")
     db.flush()
     db.checkpoint(1)
@@ -291,7 +275,7 @@ def test_damaged_newest_manifest_opens_the_previous_version(
     data = data[:-7] if damage == "truncate" else data[:20] + bytes([data[20] ^ 1]) + data[21:]
     db.fs.mem.pipe_file(path, data)
     with caplog.at_level(logging.WARNING):
-        db = LsmDB(root, opts(), compactor=compactor)
+        db = LsmDB(root, small_options(), compactor=compactor)
     assert any("falling back" in r.message for r in caplog.records)
     assert contents(db) == acked
     assert db.manifest_number == newest + 1
@@ -301,10 +285,12 @@ def test_damaged_newest_manifest_opens_the_previous_version(
 def test_zombie_writer_is_fenced_and_cannot_change_the_live_version(
     root: str, compactor: LocalCompactor
 ) -> None:
-    zombie = LsmDB(root, opts(auto_compact=False), compactor=compactor)
+    zombie = LsmDB(root, small_options(auto_compact=False), compactor=compactor)
     acked = write(zombie, 0, 50, b"a")
     zombie.flush()
-    fresh = LsmDB(root, opts(auto_compact=False), compactor=compactor)  # a restart elsewhere
+    fresh = LsmDB(
+        root, small_options(auto_compact=False), compactor=compactor
+    )  # a restart elsewhere
     write(zombie, 50, 100, b"z")
     with pytest.raises(FencedError, match="newer writer"):
         zombie.flush()
@@ -317,13 +303,13 @@ def test_zombie_writer_is_fenced_and_cannot_change_the_live_version(
     fresh.checkpoint(1)
     zombie.close()
     fresh.close()
-    db = LsmDB(root, opts(), compactor=compactor)
+    db = LsmDB(root, small_options(), compactor=compactor)
     assert contents(db) == {**acked, **{key(i): b"n%d" % i for i in range(100, 110)}}
     db.close()
 
 
 def test_restore_is_lazy_and_reads_no_table_data(root: str, compactor: LocalCompactor) -> None:
-    db = LsmDB(root, opts(auto_compact=False), compactor=compactor)
+    db = LsmDB(root, small_options(auto_compact=False), compactor=compactor)
     for t in range(40):
         write(db, t * 10, t * 10 + 10, b"t")
         db.flush()
@@ -331,7 +317,9 @@ def test_restore_is_lazy_and_reads_no_table_data(root: str, compactor: LocalComp
     db.close()
     FaultyFileSystem.clear()
     number = int(ref.path.rsplit("/", 1)[1].split(".")[0])
-    db = LsmDB(root, opts(auto_compact=False), compactor=compactor, restore_manifest=number)
+    db = LsmDB(
+        root, small_options(auto_compact=False), compactor=compactor, restore_manifest=number
+    )
     assert not [c for c in FaultyFileSystem.calls if c[0] == "cat" and "/tables/" in c[1]]
     assert db.get(key(5)) == b"t5"
     table_reads = {c[1] for c in FaultyFileSystem.calls if c[0] == "cat" and "/tables/" in c[1]}
