@@ -6,6 +6,8 @@ remote result, or, on any failure (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHA
 status, a result that does not match the spec), the result of running the same spec locally:
 nothing is lost. Failures that cost no time (UNAVAILABLE, RESOURCE_EXHAUSTED) first try the
 other endpoints. A spec whose DB lives in this process (memory://) always runs locally.
+A result the service computed is marked `remote` (the DB counts where compactions ran by that
+mark, also when a compaction has no outputs); a local run's result is not.
 
 Invariants:
 - The future is completed exactly once, with exactly one result; outputs of any other run of
@@ -16,6 +18,7 @@ Invariants:
   service stop the work and delete its partial outputs.
 """
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -267,7 +270,7 @@ class RemoteCompactor:
             return  # the caller cancelled `outer`: nothing to deliver
         try:
             response = call.result()
-            result = result_from_proto(response.result)
+            result = dataclasses.replace(result_from_proto(response.result), remote=True)
             validate_result(spec, result)
         except grpc.RpcError as e:
             code = e.code()

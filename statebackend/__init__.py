@@ -17,6 +17,7 @@ from statebackend.descriptors import (
     ValueStateDescriptor,
 )
 from statebackend.errors import (
+    CompactionError,
     CorruptCheckpointError,
     InvalidHandleError,
     KeyGroupOutOfRangeError,
@@ -40,6 +41,7 @@ __all__ = [
     "AggregatingState",
     "AggregatingStateDescriptor",
     "BackendConfig",
+    "CompactionError",
     "CorruptCheckpointError",
     "InvalidHandleError",
     "KeyGroupOutOfRangeError",

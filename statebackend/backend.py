@@ -30,7 +30,7 @@ from statebackend.errors import (
 )
 from statebackend.keygroups import KeyGroupRange, key_group_of
 from statebackend.layout import EMPTY_COMPONENT, escape, prefix_end, state_prefix, unescape_prefix
-from statebackend.serializers import Serializer
+from statebackend.serializers import Serializer, failure_reason
 from statebackend.state import STATE_CLASSES, KeyedState
 from statebackend.store import KvStore, StoreHandle
 from statebackend.ttl import Clock, is_expired
@@ -146,8 +146,8 @@ class KeyedStateBackend:
             key_bytes = self.key_serializer.serialize(key)
         except Exception as e:
             raise SerializationError(
-                f"cannot serialize key {key!r} of type {type(key).__name__}: {e}"
-            ) from e
+                f"cannot serialize the key {key!r:.100}: {failure_reason(key, e)}"
+            ) from (e.__cause__ if isinstance(e, SerializationError) else e)
         key_group = key_group_of(key_bytes, self.max_parallelism)
         if key_group not in self.key_group_range:
             raise KeyGroupOutOfRangeError(

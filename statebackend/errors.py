@@ -43,3 +43,7 @@ class MissingCheckpointDataError(RestoreError, FileNotFoundError):
 
 class CorruptCheckpointError(RestoreError):
     """A file that a handle references has the wrong size or checksum."""
+
+
+class CompactionError(StateError, RuntimeError):
+    """Compactions of an LSM database failed for good (after retries); names the database."""

@@ -91,6 +91,7 @@ def create_backend(
         local_dir=config.local_dir,
         storage_options=config.storage_options,
         options=config.options,
+        clock=clock,
     )
     store = factory.open(context, None if handle is None else handle.store)
     return KeyedStateBackend(

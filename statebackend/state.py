@@ -25,7 +25,7 @@ from statebackend.descriptors import (
 )
 from statebackend.errors import NoCurrentKeyError, SerializationError
 from statebackend.layout import EMPTY_COMPONENT, escape, prefix_end
-from statebackend.serializers import Serializer
+from statebackend.serializers import Serializer, failure_reason
 from statebackend.ttl import TtlUpdate
 
 if TYPE_CHECKING:
@@ -73,8 +73,8 @@ class KeyedState:
             data = serializer.serialize(value)
         except Exception as e:
             raise SerializationError(
-                f"state '{self._name}': cannot serialize {what} of type {type(value).__name__}: {e}"
-            ) from e
+                f"state '{self._name}': cannot serialize the {what}: {failure_reason(value, e)}"
+            ) from _underlying(e)
         if not isinstance(data, bytes):
             raise SerializationError(
                 f"state '{self._name}': the {what} serializer returned "
@@ -87,8 +87,9 @@ class KeyedState:
             return serializer.deserialize(data)
         except Exception as e:
             raise SerializationError(
-                f"state '{self._name}': cannot deserialize {len(data)} stored bytes: {e}"
-            ) from e
+                f"state '{self._name}': cannot deserialize a stored value: "
+                f"{failure_reason(data, e)}"
+            ) from _underlying(e)
 
     def _wrap(self, payload: bytes) -> bytes:
         if self._ttl is None:
@@ -343,6 +344,12 @@ class AggregatingState(KeyedState):
             accumulator = self._aggregate.create_accumulator()  # type: ignore[union-attr]
         accumulator = self._aggregate.add(value, accumulator)  # type: ignore[union-attr]
         self._store.put(self._key(), self._wrap(self._serialize(self._serializer, accumulator)))
+
+
+def _underlying(error: Exception) -> BaseException | None:
+    """What to chain a state's SerializationError to: a serializer's SerializationError is
+    restated in the message, so only its own cause (if any) is kept."""
+    return error.__cause__ if isinstance(error, SerializationError) else error
 
 
 def _unpack_frames(payload: bytes) -> list[Any]:

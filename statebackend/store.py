@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from statebackend.keygroups import KeyGroupRange
+from statebackend.ttl import Clock, system_clock
 
 StoreHandle = dict[str, Any]
 """A small, JSON-serializable description of a store snapshot (file names, sizes, checksums)."""
@@ -21,7 +22,9 @@ class StoreContext:
 
     `scope` names the operator subtask (a relative path such as "job-1/counter/0"); the store
     keeps its checkpoint files below `checkpoint_dir/scope` and its working files below
-    `local_dir/scope`.
+    `local_dir/scope`. `clock` is the backend's clock (milliseconds since the epoch): a store
+    that drops expired entries by itself (the `lsm` backend's compactions) asks it, never the wall
+    clock, so that TTL means the same to readers and to compactions.
     """
 
     scope: str
@@ -30,6 +33,7 @@ class StoreContext:
     local_dir: str
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    clock: Clock = system_clock
 
 
 class KvStore(Protocol):

@@ -9,7 +9,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import statebackend
+
 _RUNTIME_DIR = Path(__file__).resolve().parent
+# Frames in these packages are the library's, not the user's (a state that refuses a value raises
+# inside statebackend, called from the user's line).
+_LIBRARY_DIRS = (_RUNTIME_DIR, Path(statebackend.__file__).resolve().parent)
 _RECORD_REPR_LIMIT = 200
 
 
@@ -40,6 +45,10 @@ class OperatorError(StreamletError):
             f"operator '{operator}' failed{where} on {subject}: {type(cause).__name__}: {cause}"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Unpickled from its message and attributes: the cause's traceback does not travel.
+        return (type(self).__new__, (type(self), *self.args), self.__dict__)
+
 
 def describe_record(value: Any) -> str:
     """`record <repr>`, cut to a readable length."""
@@ -50,10 +59,10 @@ def describe_record(value: Any) -> str:
 
 
 def user_code_location(error: BaseException) -> str | None:
-    """`file:line` of the innermost traceback frame outside the streamlet runtime."""
+    """`file:line` of the innermost traceback frame outside the runtime and the state backends."""
     location = None
     for frame in traceback.extract_tb(error.__traceback__):
-        path = Path(frame.filename)
-        if _RUNTIME_DIR not in path.resolve().parents:
+        parents = Path(frame.filename).resolve().parents
+        if not any(library in parents for library in _LIBRARY_DIRS):
             location = f"{frame.filename}:{frame.lineno}"
     return location

@@ -6,6 +6,8 @@
   `{backend, format, db_root, manifest: FileRef dict (path, size, xxh3), epoch, checkpoint_id,
   key_groups}`. A pin stays until the runtime releases the checkpoint (`release`), when it falls
   out of retention; the garbage collector then deletes what only that checkpoint referenced.
+- TTL: compactions drop entries that expired by the backend's clock (`context.clock`), never by
+  the wall clock.
 - restore: verify the pinned manifest against the handle (missing: MissingCheckpointDataError,
   damaged: CorruptCheckpointError, malformed handle: InvalidHandleError), then open the handle's
   root at that manifest with a new epoch (fencing any older writer). Tables are read lazily, so
@@ -35,14 +37,14 @@ from fsspec.core import split_protocol
 from statebackend.dfs import FileRef, join, read_verified
 from statebackend.errors import InvalidHandleError
 from statebackend.lsm.compactor import IN_PROCESS_PROTOCOLS, Compactor, create_compactor
-from statebackend.lsm.db import LsmDB, LsmOptions
+from statebackend.lsm.db import LsmDB
 from statebackend.lsm.manifest import SUFFIX
+from statebackend.lsm.options import PREFIX, LsmOptions
 from statebackend.lsm.table import TableOptions
 from statebackend.store import StoreContext, StoreHandle
 
 NAME = "lsm"
 HANDLE_FORMAT = 1
-PREFIX = "lsm."
 
 
 class LsmStore:
@@ -128,7 +130,7 @@ class LsmStoreFactory:
         raw = {
             k.removeprefix(PREFIX): v
             for k, v in context.options.items()
-            if k.startswith(PREFIX) or k in _option_names()
+            if k.startswith(PREFIX) or k in option_names()
         }
         root = str(raw.pop("root", join(context.checkpoint_dir, context.scope, "db")))
         local_dir = os.path.join(context.local_dir, context.scope)
@@ -136,14 +138,19 @@ class LsmStoreFactory:
         options = parse_options(raw)
         compactor = self._compactor_for(context)
         if restore is None:
-            db = LsmDB(root, options, context.storage_options, compactor, fresh=True)
+            db = LsmDB(
+                root, options, context.storage_options, compactor, fresh=True, clock=context.clock
+            )
         else:
             root, number = _check_handle(restore, context)
-            db = LsmDB(root, options, context.storage_options, compactor, number)
+            db = LsmDB(
+                root, options, context.storage_options, compactor, number, clock=context.clock
+            )
         return LsmStore(db, context, local_dir)
 
 
-def _option_names() -> set[str]:
+def option_names() -> set[str]:
+    """Names of the LSM options (without the `lsm.` prefix); docs/configuration.md lists them."""
     fields = [*dataclasses.fields(TableOptions), *dataclasses.fields(LsmOptions)]
     return {f.name for f in fields} - {"table"} | {"root"}
 

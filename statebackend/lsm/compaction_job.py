@@ -184,10 +184,15 @@ class CompactionStats:
 
 @dataclass(frozen=True)
 class CompactionResult:
+    """What a compaction produced. `remote` says where it ran: a compactor that got the result
+    from a compaction service sets it (`dataclasses.replace`); it is not part of the serialized
+    form, since only the receiver knows where the result came from."""
+
     version: int  # RESULT_VERSION
     compaction_id: str
     outputs: tuple[TableMeta, ...]  # ascending, non-overlapping key ranges
     stats: CompactionStats
+    remote: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -200,7 +205,7 @@ class CompactionResult:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CompactionResult":
         owner = "CompactionResult"
-        reject_unknown_fields(data, cls.__dataclass_fields__, owner)
+        reject_unknown_fields(data, _SERIALIZED_RESULT_FIELDS, owner)
         _check_version(data, RESULT_VERSION, owner)
         return cls(
             version=RESULT_VERSION,
@@ -210,6 +215,9 @@ class CompactionResult:
             ),
             stats=CompactionStats.from_dict(read_field(data, "stats", dict, owner)),
         )
+
+
+_SERIALIZED_RESULT_FIELDS = ("version", "compaction_id", "outputs", "stats")
 
 
 class _CountingSource(FsFileSource):

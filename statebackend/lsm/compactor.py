@@ -15,17 +15,25 @@ package never imports the service.
 `LocalCompactor` runs `run_compaction` in worker processes (spawned, so no fork of a threaded
 writer), which keeps compaction CPU off the writer's GIL. A DB rooted on an in-process file system
 (memory://) cannot be read from another process, so for those the compactor uses threads.
+One compactor is shared by many DBs, so one failed compaction must not fail the others for good:
+a worker sends back only errors that unpickle (others become a `CompactionError` with the same
+message), and a pool broken anyway (a worker killed) is replaced by a new one, both when a submit
+finds it broken and when a compaction's future reports it. The compactions that were running in a
+broken pool fail; their DBs retry them.
 """
 
 import logging
 import multiprocessing
+import pickle
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from statebackend.errors import CompactionError
 from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec, run_compaction
 from statebackend.lsm.picker import Pick, Reservation
 
@@ -48,15 +56,21 @@ class Compactor(Protocol):
 
 
 class LocalCompactor:
-    """Runs compactions in a pool of `workers` processes (or threads when `processes` is False)."""
+    """Runs compactions in a pool of `workers` processes (or threads when `processes` is False);
+    a broken process pool is replaced (see the module docstring)."""
 
     def __init__(self, workers: int = 2, processes: bool = True) -> None:
         self.processes = processes
-        self._pool: Executor = (
-            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            if processes
-            else ThreadPoolExecutor(workers, thread_name_prefix="lsm-compaction")
-        )
+        self.workers = workers
+        self._lock = threading.Lock()  # guards _pool and _closed
+        self._closed = False
+        self._pool: Executor = self._new_pool()
+
+    def _new_pool(self) -> Executor:
+        if self.processes:
+            spawn = multiprocessing.get_context("spawn")
+            return ProcessPoolExecutor(self.workers, mp_context=spawn)
+        return ThreadPoolExecutor(self.workers, thread_name_prefix="lsm-compaction")
 
     @classmethod
     def for_protocols(cls, protocols: tuple[str, ...], workers: int = 2) -> "LocalCompactor":
@@ -65,11 +79,52 @@ class LocalCompactor:
     def submit(
         self, spec: CompactionSpec, storage_options: Mapping[str, Any]
     ) -> "Future[CompactionResult]":
-        return self._pool.submit(run_compaction, spec, dict(storage_options))
+        options = dict(storage_options)
+        run = _run_in_worker if self.processes else run_compaction
+        with self._lock:
+            pool = self._pool
+        try:
+            future = pool.submit(run, spec, options)
+        except BrokenProcessPool:
+            pool = self._replace(pool)
+            future = pool.submit(run, spec, options)
+        future.add_done_callback(lambda f: self._replace_if_broken(pool, f))
+        return future
+
+    def _replace_if_broken(self, pool: Executor, future: "Future[CompactionResult]") -> None:
+        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+            self._replace(pool)
+
+    def _replace(self, broken: Executor) -> Executor:
+        """The pool to use instead of `broken` (a new one, unless another call replaced it)."""
+        with self._lock:
+            if self._pool is broken and not self._closed:
+                log.warning("the compaction process pool is broken; starting a new one")
+                self._pool = self._new_pool()
+                broken.shutdown(wait=False, cancel_futures=True)
+            return self._pool
 
     def close(self) -> None:
         """Cancel queued work and wait for running work, so nothing writes after close."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            pool = self._pool
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_in_worker(spec: CompactionSpec, storage_options: Mapping[str, Any]) -> CompactionResult:
+    """`run_compaction`, raising only errors that survive the trip back from a worker process
+    (an error that does not unpickle there would break the whole pool)."""
+    try:
+        return run_compaction(spec, storage_options)
+    except Exception as e:
+        try:
+            pickle.loads(pickle.dumps(e))
+        except Exception:  # noqa: BLE001 - any failure to round-trip: send a plain error
+            raise CompactionError(
+                f"compaction {spec.compaction_id} of {spec.db_root}: {type(e).__name__}: {e}"
+            ) from None
+        raise
 
 
 CompactorFactory = Callable[[Mapping[str, Any], bool], Compactor]
@@ -162,7 +217,9 @@ class CompactionRegistry:
             return False
         r.future.cancel()
         if r.done is not None:
-            r.done.set_exception(RuntimeError(f"compaction {compaction_id} {why}"))
+            r.done.set_exception(
+                CompactionError(f"LSM DB {r.spec.db_root}: compaction {compaction_id} {why}")
+            )
         log.log(level, "compaction %s %s; its outputs will be deleted", compaction_id, why)
         return True
 

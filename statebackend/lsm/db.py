@@ -13,9 +13,15 @@ Threads and invariants:
 - A background error (a flush that failed all retries, a fenced writer, ...) is sticky: every
   later put/delete/flush/checkpoint raises it. Reopen the DB to recover from the last committed
   manifest.
+- A failed compaction (its submit raised, it raised, or its install commit failed) is retried, by
+  re-picking, after a back-off that doubles per consecutive failure (from `retry_backoff_s`); a
+  manual compaction waits through the retries. After MAX_COMPACTION_FAILURES in a row the DB
+  stops with a sticky `CompactionError` naming it.
 - Compaction results are installed only while their compaction is registered (see
   compactor.CompactionRegistry) and all their inputs are still in the current version; otherwise
-  their outputs are deleted.
+  their outputs are deleted. Installed compactions are counted as remote when their result says
+  it ran on a compaction service (`CompactionResult.remote`).
+- TTL: a compaction's TTL cut-off is the time of the DB's `clock` (the backend's), not wall time.
 """
 
 import logging
@@ -27,14 +33,13 @@ import uuid
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, TypeVar
 
 import xxhash
 
 from statebackend.dfs import FileRef, filesystem, join
-from statebackend.errors import MissingCheckpointDataError
+from statebackend.errors import CompactionError, MissingCheckpointDataError
 from statebackend.lsm.cache import CacheStats, TableCache, table_path
 from statebackend.lsm.compaction_job import CompactionResult
 from statebackend.lsm.compactor import CompactionRegistry, Compactor, LocalCompactor, Running
@@ -49,53 +54,27 @@ from statebackend.lsm.manifest import (
 )
 from statebackend.lsm.memtable import Memtable
 from statebackend.lsm.merge import merge_runs
+from statebackend.lsm.options import LsmOptions
 from statebackend.lsm.picker import Pick, Picker, PickerOptions
-from statebackend.lsm.table import TableBuilder, TableMeta, TableOptions, remove_quietly
+from statebackend.lsm.table import TableBuilder, TableMeta, remove_quietly
 from statebackend.lsm.version import Version, VersionEdit
+from statebackend.ttl import Clock, system_clock
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _MISSING = object()
 BG_POLL_S = 0.1
-# Consecutive failed compactions after which the DB stops (a sticky error) rather than stall.
+# Consecutive failed compactions after which the DB stops (a sticky CompactionError).
 MAX_COMPACTION_FAILURES = 5
-
-
-@dataclass(frozen=True)
-class LsmOptions:
-    """Tuning of one DB (the `lsm` backend reads each field as option `lsm.<name>`)."""
-
-    memtable_bytes: int = 8 << 20
-    max_immutables: int = 2  # writers wait when this many memtables await flushing
-    num_levels: int = 7
-    l0_compaction_trigger: int = 4
-    l0_slowdown_trigger: int = 12  # each memtable switch sleeps slowdown_sleep_s
-    l0_stop_trigger: int = 20  # memtable switches wait for compaction
-    slowdown_sleep_s: float = 0.005
-    level_base_bytes: int = 64 << 20
-    level_multiplier: int = 10
-    target_file_size: int = 16 << 20
-    table: TableOptions = field(default_factory=TableOptions)
-    block_cache_bytes: int = 64 << 20  # 0 disables the block cache
-    file_cache_bytes: int = 0  # whole tables on local disk; 0 disables
-    local_dir: str | None = None  # for the file cache (default: the system temp dir)
-    auto_compact: bool = True
-    max_compactions: int = 2  # running at once
-    compaction_workers: int = 2  # of the LocalCompactor the DB creates when none is given
-    compaction_timeout_s: float = 600.0
-    gc_grace_s: float = 300.0
-    gc_interval_s: float = 60.0
-    manifest_retention: int = 4
-    io_retries: int = 3  # retries of a failed DFS write (flush, manifest) before giving up
-    retry_backoff_s: float = 0.05  # doubled per retry
 
 
 class LsmDB:
     """A disaggregated LSM DB rooted at an fsspec URL; see the module docstring for threading.
 
     `restore_manifest` opens the version of that (pinned) manifest instead of the newest one;
-    `fresh` opens an empty version. Either way pins of retained checkpoints are kept.
+    `fresh` opens an empty version. Either way pins of retained checkpoints are kept. `clock`
+    (milliseconds since the epoch) decides which entries compactions drop as expired.
     """
 
     def __init__(
@@ -106,9 +85,11 @@ class LsmDB:
         compactor: Compactor | None = None,
         restore_manifest: int | None = None,
         fresh: bool = False,
+        clock: Clock = system_clock,
     ) -> None:
         self.root = root.rstrip("/")
         self.o = o = options or LsmOptions()
+        self._clock = clock
         self.storage_options = dict(storage_options or {})
         self.fs, self._root_path = filesystem(self.root, self.storage_options)
         self.fs.makedirs(posixpath.join(self._root_path, "tables"), exist_ok=True)
@@ -155,10 +136,11 @@ class LsmDB:
         self._bg_error: BaseException | None = None
         self._wake = False  # set with _cond held when the background thread has new work
         self._compaction_failures = 0
+        self._compaction_retry_at = 0.0  # time.monotonic() before which none is started
         self._closed = False
         self._next_gc = time.monotonic() + o.gc_interval_s
         self.compactions_installed = 0
-        # Installed compactions by where they ran (a service writes tables as "remote:<host>").
+        # Installed compactions by where they ran.
         self.compactions_remote = 0
         self.compaction_cpu_seconds = {"local": 0.0, "remote": 0.0}
         self._thread = threading.Thread(
@@ -509,6 +491,8 @@ class LsmDB:
 
     def _schedule(self) -> None:
         while len(self._compactions.running) < self.o.max_compactions:
+            if time.monotonic() < self._compaction_retry_at:
+                return  # backing off after a failed compaction
             busy, reserved = self._compactions.conflicts()
             pick = self._picker.pick(self._version, busy, reserved)
             if pick is None:
@@ -523,7 +507,7 @@ class LsmDB:
                 self._submit(pick)
 
     def _start_manual(self) -> None:
-        if self._compactions.running:
+        if self._compactions.running or time.monotonic() < self._compaction_retry_at:
             return  # wait for running compactions to drain: the full compaction takes every table
         request = self._manual.pop(0)
         pick = self._picker.pick_all(self._version)
@@ -533,8 +517,13 @@ class LsmDB:
             self._submit(pick, request)
 
     def _submit(self, pick: Pick, done: "Future[None] | None" = None) -> None:
-        spec = pick.spec(self.root, self.epoch, self.o.target_file_size, self.o.table)
-        self._compactions.submit(spec, pick, done)
+        o = self.o
+        spec = pick.spec(self.root, self.epoch, o.target_file_size, o.table, self._clock())
+        try:
+            self._compactions.submit(spec, pick, done)
+        except Exception as e:  # noqa: BLE001 - retried like a compaction that failed
+            self._compaction_failed(spec.compaction_id, done, e)
+            return
         log.info("compaction %s: %s", spec.compaction_id, pick)
 
     def _notify(self) -> None:
@@ -553,7 +542,8 @@ class LsmDB:
         try:
             result = r.future.result()
         except Exception as e:  # noqa: BLE001 - a failed compaction is retried by the picker
-            self._compaction_failed(r, e)
+            if self._compactions.unregister(r):  # else abandoned meanwhile, and reported so
+                self._compaction_failed(r.spec.compaction_id, r.done, e)
             return
         registered = self._compactions.unregister(r)
         with self._lock:
@@ -572,25 +562,37 @@ class LsmDB:
         except OSError as e:
             # The outputs may be referenced by a manifest whose write only seemed to fail: leave
             # them to the garbage collector, which keeps what the retained manifests reference.
-            self._compaction_failed(r, e)
+            self._compaction_failed(r.spec.compaction_id, r.done, e)
             return
         self._compaction_failures = 0
         self.compactions_installed += 1
-        ran = "remote" if any(t.creator.startswith("remote:") for t in result.outputs) else "local"
-        self.compactions_remote += ran == "remote"
+        ran = "remote" if result.remote else "local"
+        self.compactions_remote += result.remote
         self.compaction_cpu_seconds[ran] += result.stats.cpu_seconds
         if r.done is not None:
             r.done.set_result(None)
         log.info("compaction %s installed %d outputs", r.spec.compaction_id, len(result.outputs))
 
-    def _compaction_failed(self, r: Running, e: BaseException) -> None:
-        self._compactions.unregister(r)
+    def _compaction_failed(
+        self, compaction_id: str, done: "Future[None] | None", e: BaseException
+    ) -> None:
+        """Retry after a back-off (a manual request waits for the retry); after too many
+        failures in a row, raise the sticky CompactionError (`_bg_loop` fails the requests)."""
         self._compaction_failures += 1
-        log.warning("compaction %s failed: %s", r.spec.compaction_id, e)
-        if r.done is not None:
-            r.done.set_exception(e)
-        if self._compaction_failures >= MAX_COMPACTION_FAILURES:
-            raise RuntimeError(f"{self._compaction_failures} compactions failed in a row") from e
+        failures = self._compaction_failures
+        if done is not None:
+            with self._lock:
+                self._manual.insert(0, done)
+        if failures >= MAX_COMPACTION_FAILURES:
+            raise CompactionError(
+                f"LSM DB {self.root}: {failures} compactions failed in a row; the last, "
+                f"{compaction_id}, with {type(e).__name__}: {e}"
+            ) from e
+        delay = self.o.retry_backoff_s * 2 ** (failures - 1)
+        self._compaction_retry_at = time.monotonic() + delay
+        why = f"{type(e).__name__}: {e}"
+        log.warning("compaction %s failed (%d in a row), retrying in %.3fs: %s", compaction_id,
+                    failures, delay, why)
 
     def _delete_outputs(self, result: CompactionResult) -> None:
         for t in result.outputs:

@@ -5,6 +5,8 @@ is O(1): it sets the dict entry and, for a key the memtable has not seen, append
 new keys. A range read sorts only the new keys, merging them into the sorted run when they become
 numerous, so a scan between writes costs O(log n + new keys), not a sort of the whole memtable.
 Keys are never removed (a delete stores a tombstone), so `sorted run + new keys` is the key set.
+`size` counts the live entries only: an overwrite replaces the bytes of the value it replaces, so
+updating a few keys many times does not fill the memtable.
 
 A memtable is written by one thread (the DB's writer). Once it is frozen (moved to the immutable
 list) nobody writes it again. `range` reorganizes the key order, so it holds the memtable's lock:
@@ -21,6 +23,7 @@ ENTRY_OVERHEAD = 32
 MERGE_FRACTION = 16
 
 Entry = tuple[bytes, bytes | None]
+_ABSENT = object()
 
 
 class Memtable:
@@ -28,7 +31,7 @@ class Memtable:
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes | None] = {}
-        self.size = 0  # approximate bytes: keys + values + ENTRY_OVERHEAD per write
+        self.size = 0  # approximate bytes: keys + values + ENTRY_OVERHEAD per entry
         # Invariant: set(_sorted) | set(_new) == set(data), disjoint; _sorted is ascending.
         self._sorted: list[bytes] = []
         self._new: list[bytes] = []
@@ -36,10 +39,14 @@ class Memtable:
 
     def put(self, key: bytes, value: bytes | None) -> None:
         data = self.data
-        if key not in data:
-            self._new.append(key)
+        old = data.get(key, _ABSENT)
         data[key] = value
-        self.size += len(key) + (len(value) if value is not None else 0) + ENTRY_OVERHEAD
+        added = len(value) if value is not None else 0
+        if old is _ABSENT:
+            self._new.append(key)
+            self.size += len(key) + ENTRY_OVERHEAD + added
+        else:  # an overwrite: the replaced value's bytes are gone
+            self.size += added - (len(old) if old is not None else 0)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.data)

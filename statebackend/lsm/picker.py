@@ -17,7 +17,6 @@ The highest-scoring level that can be compacted without conflicting with running
   may tombstones be dropped without resurrecting older values.
 """
 
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -65,9 +64,15 @@ class Pick:
         return _range([t for i in self.inputs for t in i.tables])
 
     def spec(
-        self, db_root: str, epoch: int, target_file_size: int, table_options: TableOptions
+        self,
+        db_root: str,
+        epoch: int,
+        target_file_size: int,
+        table_options: TableOptions,
+        now_ms: int,
     ) -> CompactionSpec:
-        """The spec to run this pick: a fresh id, outputs "<epoch>-c<id>-...", TTL cut-off now."""
+        """The spec to run this pick: a fresh id, outputs "<epoch>-c<id>-...", and `now_ms` (the
+        time of the DB's clock, which decides TTL) as the TTL cut-off."""
         cid = uuid.uuid4().hex[:16]
         return CompactionSpec(
             version=SPEC_VERSION,
@@ -77,7 +82,7 @@ class Pick:
             output_level=self.output_level,
             target_file_size=target_file_size,
             bottommost=self.bottommost,
-            ttl_cutoff_ms=time.time_ns() // 1_000_000,
+            ttl_cutoff_ms=now_ms,
             output_prefix=f"{epoch:06d}-c{cid}-",
             table_options=table_options,
             score=self.score,

@@ -55,6 +55,10 @@ class CorruptTableError(StateError):
         self.offset = offset
         self.reason = reason
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Unpickled through __init__'s arguments (a worker process sends it back to its pool).
+        return (type(self), (self.table, self.offset, self.reason))
+
 
 _OPTIONS_FIELDS = {
     "block_size": int,

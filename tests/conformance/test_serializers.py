@@ -1,18 +1,21 @@
 """Conformance: default and user-supplied serializers for keys, values, map keys, namespaces."""
 
 import json
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from statebackend import (
+    KeyedStateBackend,
     ListStateDescriptor,
     MapStateDescriptor,
     PickleSerializer,
     SerializationError,
     ValueStateDescriptor,
 )
+from streamlet.errors import user_code_location
 
 
 @dataclass(frozen=True)
@@ -98,3 +101,43 @@ def test_unsupported_type_names_the_type(backend) -> None:
         state.update(Point(1, 2))
     with pytest.raises(SerializationError, match="set"):
         state.update({1, 2})
+
+
+def store(state: Any, value: Any) -> None:
+    state.update(value)  # the user's line: an error in the state must point here
+
+
+@pytest.mark.parametrize("value", [object(), lambda: 1], ids=["object", "lambda"])
+def test_unserializable_value_names_the_state_once_and_points_at_the_users_line(
+    backend: KeyedStateBackend, value: Any
+) -> None:
+    state = backend.get_state(ValueStateDescriptor("count"))
+    backend.set_current_key("k")
+    with pytest.raises(SerializationError) as raised:
+        store(state, value)
+    message = str(raised.value)
+    kind = type(value).__name__
+    assert message.startswith(f"state 'count': cannot serialize the value: type {kind} ")
+    assert message.count("count") == 1 and message.count(kind) == 1
+    assert message.count("cannot serialize") == 1 and message.count("PickleSerializer") == 1
+    report = "".join(traceback.format_exception(raised.value))
+    assert report.count("is not supported") == 1  # no chained error restating it
+    assert user_code_location(raised.value) == f"{__file__}:{store.__code__.co_firstlineno + 1}"
+
+
+def test_a_user_serializer_failure_is_named_once(backend: KeyedStateBackend) -> None:
+    class Refusing:
+        def serialize(self, value: Any) -> bytes:
+            raise ValueError("no thanks")
+
+        def deserialize(self, data: bytes) -> Any:
+            return data
+
+    state = backend.get_state(ValueStateDescriptor("v", serializer=Refusing()))
+    backend.set_current_key("k")
+    with pytest.raises(SerializationError) as raised:
+        store(state, Point(1, 2))
+    assert str(raised.value) == (
+        "state 'v': cannot serialize the value: ValueError on a value of type Point: no thanks"
+    )
+    assert isinstance(raised.value.__cause__, ValueError)

@@ -14,6 +14,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.spec import AbstractFileSystem
 
+from statebackend.errors import CompactionError
 from statebackend.lsm import db as db_module
 from statebackend.lsm.compactor import LocalCompactor
 from statebackend.lsm.db import LsmDB
@@ -216,9 +217,9 @@ def test_compaction_read_failure_is_retried(root: str, compactor: LocalCompactor
     acked = write(db, 0, 600, b"a")
     db.flush()
     FaultyFileSystem.fail("cat", "/tables/", times=1)
-    with pytest.raises(OSError, match="injected cat failure"):
-        db.compact()  # a manual compaction reports its failure to the caller
-    db.compact()
+    db.compact()  # the failed run is retried: the manual compaction waits for the retry
+    assert FaultyFileSystem.faults == [["cat", "/tables/", 0]]  # the failure did happen
+    assert db.compactions_installed == 1
     assert not db.version.levels[0] and contents(db) == acked
     db.close()
 
@@ -227,14 +228,17 @@ def test_repeated_compaction_failures_surface_to_the_writer(
     root: str, compactor: LocalCompactor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db_module, "MAX_COMPACTION_FAILURES", 2)
-    db = LsmDB(root, small_options(), compactor=compactor)
+    # Small memtables: rewriting 50 keys (an overwrite adds no bytes) still fills them.
+    db = LsmDB(root, small_options(memtable_bytes=512), compactor=compactor)
     acked = write(db, 0, 50, b"a")
     db.flush()
     # Compaction outputs only: "tables/<epoch>-c<id>-..." (a flush's random suffix may hold "-c").
     FaultyFileSystem.fail("open", f"/tables/{db.epoch:06d}-c", times=1000)
-    with pytest.raises(RuntimeError, match="compactions failed in a row"):
+    with pytest.raises(CompactionError, match=f"LSM DB {root}: 2 compactions failed in a row"):
         for i in range(100000):
             db.put(key(i % 50), b"a%d" % (i % 50))
+    with pytest.raises(CompactionError):  # sticky
+        db.put(b"x", b"y")
     db.close()
     FaultyFileSystem.clear()
     db = LsmDB(root, small_options(), compactor=compactor)
@@ -249,12 +253,17 @@ def test_failed_install_commit_leaves_version_and_data_intact(
     acked = write(db, 0, 300, b"a")
     db.flush()
     before = db.version.names()
-    FaultyFileSystem.fail("open", "/manifest/", times=4)  # every retry of the install commit
-    with pytest.raises(OSError):
+    # every retry of the install commit (4 writes), of every retried compaction
+    FaultyFileSystem.fail("open", "/manifest/", times=4 * db_module.MAX_COMPACTION_FAILURES)
+    with pytest.raises(CompactionError) as failed:
         db.compact()
+    assert isinstance(failed.value.__cause__, OSError)
     assert db.version.names() == before and contents(db) == acked
+    db.close()
+    FaultyFileSystem.clear()
+    db = LsmDB(root, small_options(auto_compact=False), compactor=compactor)
     db.compact()
-    assert contents(db) == acked
+    assert contents(db) == acked and not db.version.levels[0]
     db.close()
 
 

@@ -1,8 +1,12 @@
 """Memtable: O(1) writes, tombstones, point-in-time range copies, lazily sorted key order."""
 
 import random
+import uuid
 
+from statebackend.lsm.compactor import LocalCompactor
+from statebackend.lsm.db import LsmDB
 from statebackend.lsm.memtable import ENTRY_OVERHEAD, Memtable
+from tests.lsm.options import small_options
 
 
 def test_put_overwrite_and_tombstone() -> None:
@@ -13,7 +17,41 @@ def test_put_overwrite_and_tombstone() -> None:
     m.put(b"c", None)
     assert m.data == {b"b": b"3", b"a": b"2", b"c": None}
     assert len(m) == 3
-    assert m.size == 3 * (1 + 1 + ENTRY_OVERHEAD) + 1 + ENTRY_OVERHEAD
+    assert m.size == live_size(m)  # the overwritten b"1" no longer counts
+    assert m.size == 2 * (1 + 1 + ENTRY_OVERHEAD) + 1 + ENTRY_OVERHEAD
+
+
+def live_size(m: Memtable) -> int:
+    return sum(len(k) + len(v or b"") + ENTRY_OVERHEAD for k, v in m.data.items())
+
+
+def test_size_counts_live_entries_only_across_overwrites_and_deletes() -> None:
+    rng = random.Random(11)
+    m = Memtable()
+    for _ in range(20000):
+        k = b"k%d" % rng.randrange(30)
+        m.put(k, None if rng.random() < 0.2 else rng.randbytes(rng.randrange(100)))
+    assert len(m) == 30
+    assert m.size == live_size(m)
+
+
+def test_many_overwrites_of_few_keys_do_not_switch_the_memtable() -> None:
+    compactor = LocalCompactor(1, processes=False)
+    db = LsmDB(
+        f"memory://memtable-{uuid.uuid4().hex}/db",
+        small_options(memtable_bytes=4096, auto_compact=False),
+        compactor=compactor,
+    )
+    try:
+        for i in range(20000):  # 20 keys of ~45 bytes: about 1 KiB live, 900 KiB written
+            db.put(b"key-%02d" % (i % 20), b"value-%06d" % i)
+        db.flush()  # the one memtable becomes the one table
+        (table,) = db.version.levels[0]
+        assert table.entries == 20
+        assert db.get(b"key-07") == b"value-%06d" % 19987
+    finally:
+        db.close()
+        compactor.close()
 
 
 def test_range_bounds_and_tombstones() -> None:
