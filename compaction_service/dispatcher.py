@@ -6,7 +6,8 @@ Invariants:
   scheduler for every task that started.
 - Outputs of a task that did not deliver its result (killed, failed, cancelled, or finished after
   its caller gave up) are deleted: every task writes under its own unique output prefix, so
-  deleting by that prefix never touches another run's files.
+  deleting by that prefix never touches another run's files. The deletion confines the spec to
+  the allowed roots first (`RootGuard.confine`): it never lists or deletes outside them.
 """
 
 import asyncio
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compaction_service.scheduler import Scheduler, Task
+from compaction_service.security import RootGuard
 from compaction_service.worker_pool import TaskFailed, WorkerLost, WorkerPool
 from statebackend.dfs import filesystem, join
 from statebackend.lsm.compaction_job import TABLES_DIR, CompactionResult, CompactionSpec
@@ -29,8 +31,12 @@ class JobCancelled(Exception):
     """The task was cancelled through the Cancel RPC (or the service is stopping)."""
 
 
-def delete_outputs(spec: CompactionSpec, storage_options: Mapping[str, Any]) -> list[str]:
-    """Delete every table under `db_root/tables/` whose name starts with the spec's prefix."""
+def delete_outputs(
+    spec: CompactionSpec, storage_options: Mapping[str, Any], guard: RootGuard
+) -> list[str]:
+    """Delete every table under `db_root/tables/` whose name starts with the spec's prefix
+    (AccessDenied, and nothing deleted, if that folder is no longer inside the allowed roots)."""
+    spec = guard.confine(spec)
     fs, path = filesystem(join(spec.db_root, TABLES_DIR), storage_options)
     try:
         names = [posixpath.basename(p) for p in fs.ls(path, detail=False)]
@@ -59,10 +65,15 @@ class Totals:
 
 class Dispatcher:
     def __init__(
-        self, pool: WorkerPool, scheduler: Scheduler, storage_options: Mapping[str, Any]
+        self,
+        pool: WorkerPool,
+        scheduler: Scheduler,
+        storage_options: Mapping[str, Any],
+        guard: RootGuard,
     ) -> None:
         self.pool = pool
         self.scheduler = scheduler
+        self._guard = guard
         self.totals = Totals()
         self._storage_options = dict(storage_options)
         self._futures: dict[Task, asyncio.Future[CompactionResult]] = {}
@@ -125,7 +136,9 @@ class Dispatcher:
 
     async def _delete(self, task: Task) -> None:
         try:
-            deleted = await asyncio.to_thread(delete_outputs, task.spec, self._storage_options)
+            deleted = await asyncio.to_thread(
+                delete_outputs, task.spec, self._storage_options, self._guard
+            )
         except Exception as e:  # noqa: BLE001 - the DB's garbage collector removes them later
             log.warning("could not delete outputs of %s: %s", task.task_id, e)
             return

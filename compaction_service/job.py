@@ -11,19 +11,16 @@ Its configuration (job keys, e.g. `-D compaction.service.port=50051`):
 `compaction.service.workers`, `compaction.service.allowed-roots` (default: `cluster.dir`),
 `cluster.bind-host` and `dfs.storage-options` (the service's own DFS access).
 
-While it serves, its totals are Prometheus metrics (`compaction_service_*{endpoint=...}`) on its
-task manager's `/metrics`.
+While it serves, its totals are Prometheus metrics (`streamlet_compaction_service_*{endpoint=...}`,
+see `compaction_service.metrics`) on its task manager's `/metrics`; several services in one task
+manager (parallelism > 1, or several compactor jobs) each have their own `endpoint`.
 """
 
 import asyncio
 import socket
-from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
+from compaction_service.metrics import SERVICE_METRICS
 from compaction_service.server import CompactionServer, ServiceConfig
 from streamlet import Job, RuntimeContext
 from streamlet.config import Configuration
@@ -48,50 +45,17 @@ def service_config(config: Configuration, subtask_index: int) -> ServiceConfig:
     )
 
 
-class ServiceMetrics(Collector):
-    """The service's totals as Prometheus metrics, labelled with its endpoint."""
-
-    COUNTERS = {
-        "accepted": "Compaction tasks accepted",
-        "completed": "Compaction tasks completed",
-        "failed": "Compaction tasks failed",
-        "cancelled": "Compaction tasks cancelled",
-        "rejected": "Requests rejected because the queue was full",
-        "input_bytes": "Table bytes read",
-        "output_bytes": "Table bytes written",
-        "cpu_seconds": "CPU seconds spent compacting (moved off the jobs)",
-    }
-
-    def __init__(self, server: CompactionServer, endpoint: str) -> None:
-        self.server = server
-        self.endpoint = endpoint
-
-    def collect(self) -> Iterator[Metric]:
-        totals = self.server.dispatcher.totals
-        for key, doc in self.COUNTERS.items():
-            family = CounterMetricFamily(f"compaction_service_{key}", doc, labels=["endpoint"])
-            family.add_metric([self.endpoint], float(getattr(totals, key)))
-            yield family
-        queued = GaugeMetricFamily(
-            "compaction_service_queued", "Tasks waiting for a worker", labels=["endpoint"]
-        )
-        queued.add_metric([self.endpoint], self.server.dispatcher.scheduler.queued)
-        yield queued
-
-
 class _ServingReader(SourceReader):
     def __init__(self, context: RuntimeContext) -> None:
         self.context = context
         self.server: CompactionServer | None = None
-        self.metrics: ServiceMetrics | None = None
 
     async def open(self, position: Any | None) -> None:
         config = service_config(self.context.config or Configuration(), self.context.subtask_index)
         self.server = CompactionServer(config)
         port = await self.server.start()
         host = socket.gethostname() if config.host in ("0.0.0.0", "::") else config.host
-        self.metrics = ServiceMetrics(self.server, f"{host}:{port}")
-        REGISTRY.register(self.metrics)
+        SERVICE_METRICS.add(self.server, f"{host}:{port}")
         self.context.register_endpoint(f"{host}:{port}")
 
     async def read_batch(self, max_records: int) -> list[Any]:
@@ -102,9 +66,8 @@ class _ServingReader(SourceReader):
         return None
 
     async def close(self) -> None:
-        if self.metrics is not None:
-            REGISTRY.unregister(self.metrics)
         if self.server is not None:
+            SERVICE_METRICS.remove(self.server)
             await self.server.stop()
 
 

@@ -1,11 +1,14 @@
 """The compaction service: the gRPC servicer, the server's lifecycle and its configuration.
 
-A Compact request is decoded and checked (INVALID_ARGUMENT, PERMISSION_DENIED), split into
-subcompactions when it is large enough, admitted as tasks (RESOURCE_EXHAUSTED at once when the
-queue is full) and awaited. Every request gets a fresh run token, and each of its tasks writes
-under `<spec.output_prefix>r<token>s<i>-`: still inside the prefix the primary protects from its
-garbage collector, but unique to this run, so deleting a run's outputs never touches the outputs
-of another run of the same spec (e.g. the client's local fallback).
+A Compact request is decoded and checked (INVALID_ARGUMENT, PERMISSION_DENIED; a request that
+does not decode at all is answered INVALID_ARGUMENT by `UndecodableRequests`, with one
+rate-limited log line), confined to the allowed roots (its tasks carry the real `db_root`, and
+each worker checks again before it opens a file), split into subcompactions when it is large
+enough, admitted as tasks (RESOURCE_EXHAUSTED at once when the queue is full) and awaited. Every
+request gets a fresh run token, and each of its tasks writes under
+`<spec.output_prefix>r<token>s<i>-`: still inside the prefix the primary protects from its garbage
+collector, but unique to this run, so deleting a run's outputs never touches the outputs of
+another run of the same spec (e.g. the client's local fallback).
 
 If the client goes away (its deadline passes, or it cancels), gRPC cancels the handler and every
 task of the request is stopped and its outputs deleted. A result that is ready only after the
@@ -32,17 +35,27 @@ from compaction_service.proto import compaction_pb2_grpc as pb_grpc
 from compaction_service.scheduler import QueueFull, Scheduler, Task, make_policy
 from compaction_service.security import (
     AccessDenied,
+    RateLimitedLog,
     RootGuard,
     TokenInterceptor,
+    UndecodableRequests,
     server_credentials,
 )
 from compaction_service.subcompactions import input_bytes, join_results, subspecs
-from compaction_service.worker_pool import CompactionFn, TaskFailed, WorkerLost, WorkerPool
+from compaction_service.worker_pool import (
+    CompactionFn,
+    TaskDenied,
+    TaskFailed,
+    WorkerLost,
+    WorkerPool,
+)
 from statebackend.lsm.compaction_job import CompactionSpec, run_compaction
 
 log = logging.getLogger("compaction_service")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompactionService"].full_name
+UNDECODABLE_LOG_LIMIT = 10  # log lines about undecodable requests ...
+UNDECODABLE_LOG_S = 60.0  # ... per this many seconds
 
 
 @dataclass(frozen=True)
@@ -70,9 +83,9 @@ class ServiceConfig:
 
 
 class CompactionServicer(pb_grpc.CompactionServiceServicer):
-    def __init__(self, config: ServiceConfig, dispatcher: Dispatcher) -> None:
+    def __init__(self, config: ServiceConfig, dispatcher: Dispatcher, guard: RootGuard) -> None:
         self.config = config
-        self.guard = RootGuard(config.allowed_roots)
+        self.guard = guard
         self.dispatcher = dispatcher
         self._jobs: dict[tuple[str, str], list[Task]] = {}  # (db_root, compaction_id) -> tasks
 
@@ -89,8 +102,8 @@ class CompactionServicer(pb_grpc.CompactionServiceServicer):
             spec = spec_from_proto(request.spec)
         except (ValueError, TypeError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed spec: {e}")
-        try:
-            self.guard.check_spec(spec)
+        try:  # resolving links touches the file system: off the event loop
+            confined = await asyncio.to_thread(self.guard.confine, spec)
         except AccessDenied as e:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e))
         key = (spec.db_root, spec.compaction_id)
@@ -99,7 +112,7 @@ class CompactionServicer(pb_grpc.CompactionServiceServicer):
                 grpc.StatusCode.ALREADY_EXISTS, f"compaction {spec.compaction_id} is running"
             )
         run = secrets.token_hex(4)
-        pieces = subspecs(spec, self._pieces(spec, request.allow_subcompactions))
+        pieces = subspecs(confined, self._pieces(spec, request.allow_subcompactions))
         cost = input_bytes(spec) // len(pieces)  # an estimate: ranges cut the bytes about evenly
         tasks = [
             Task(
@@ -162,6 +175,8 @@ class CompactionServicer(pb_grpc.CompactionServiceServicer):
             await context.abort(grpc.StatusCode.CANCELLED, str(e))
         if isinstance(e, WorkerLost):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        if isinstance(e, TaskDenied):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e))
         if isinstance(e, TaskFailed):
             await context.abort(grpc.StatusCode.INTERNAL, str(e))
 
@@ -230,23 +245,29 @@ class CompactionServer:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.port = 0
-        pool = WorkerPool(config.workers, config.storage_options, config.compaction_fn)
+        guard = RootGuard(config.allowed_roots)
+        pool = WorkerPool(config.workers, guard, config.storage_options, config.compaction_fn)
         scheduler = Scheduler(
             config.workers,
             make_policy(config.policy),
             config.queue_capacity,
             config.per_db_capacity,
         )
-        self.dispatcher = Dispatcher(pool, scheduler, config.storage_options)
-        self.servicer = CompactionServicer(config, self.dispatcher)
+        self.dispatcher = Dispatcher(pool, scheduler, config.storage_options, guard)
+        self.servicer = CompactionServicer(config, self.dispatcher, guard)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
         c = self.config
         await self.dispatcher.start()
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            UndecodableRequests(RateLimitedLog(log, UNDECODABLE_LOG_LIMIT, UNDECODABLE_LOG_S))
+        ]
+        if c.token:
+            interceptors.append(TokenInterceptor(c.token))  # inner: refused calls decode nothing
         server = grpc.aio.server(
-            interceptors=[TokenInterceptor(c.token)] if c.token else None,
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", c.max_message_bytes),
                 ("grpc.max_send_message_length", c.max_message_bytes),

@@ -1,10 +1,11 @@
 """The compaction service's worker processes, driven from the asyncio event loop.
 
 Each worker is one spawned process (no fork of the threaded gRPC server) connected by a pipe. It
-runs one task at a time: it receives `(task_id, spec)`, calls the compaction function (by default
-`run_compaction`, the same function the local compactor runs) with the service's own storage
-options, and sends back the result or the error. The parent never blocks the event loop: it
-learns about messages through `loop.add_reader` on the pipe.
+runs one task at a time: it receives `(task_id, spec)`, confines the spec to the allowed roots
+(`RootGuard.confine`, right before any file is opened: a refusal is `TaskDenied`), calls the
+compaction function (by default `run_compaction`, the same function the local compactor runs)
+with the service's own storage options, and sends back the result or the error. The parent
+never blocks the event loop: it learns about messages through `loop.add_reader` on the pipe.
 
 Invariants:
 - A worker has at most one task in flight (`Worker.pending`); the scheduler guarantees it.
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from compaction_service.security import AccessDenied, RootGuard
 from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec, run_compaction
 
 CompactionFn = Callable[[CompactionSpec, Mapping[str, Any], str], CompactionResult]
@@ -39,8 +41,16 @@ class TaskFailed(Exception):
     """The compaction raised in the worker; the message names the error type."""
 
 
+class TaskDenied(TaskFailed):
+    """The worker refused the task: it touches a location outside the allowed roots."""
+
+
 def _worker_main(
-    conn: Connection, storage_options: Mapping[str, Any], fn: CompactionFn, creator: str
+    conn: Connection,
+    storage_options: Mapping[str, Any],
+    fn: CompactionFn,
+    creator: str,
+    guard: RootGuard,
 ) -> None:
     """The worker process: run tasks until the pipe closes or a None arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
@@ -53,6 +63,11 @@ def _worker_main(
         if message is None:
             return
         task_id, spec = message
+        try:
+            spec = guard.confine(spec)  # again: a link may have changed while the task waited
+        except AccessDenied as e:
+            conn.send(("denied", task_id, str(e)))
+            continue
         try:
             result = fn(spec, storage_options, creator)
         except Exception as e:  # noqa: BLE001 - reported to the parent, which answers the RPC
@@ -77,12 +92,14 @@ class WorkerPool:
     def __init__(
         self,
         size: int,
+        guard: RootGuard,
         storage_options: Mapping[str, Any] | None = None,
         compaction_fn: CompactionFn = run_compaction,
     ) -> None:
         if size < 1:
             raise ValueError("a worker pool needs at least one worker")
         self._ctx = multiprocessing.get_context("spawn")
+        self._guard = guard
         self._storage_options = dict(storage_options or {})
         self._fn = compaction_fn
         self._creator = f"remote:{socket.gethostname()}"
@@ -97,7 +114,7 @@ class WorkerPool:
         parent, child = self._ctx.Pipe()
         w.process = self._ctx.Process(
             target=_worker_main,
-            args=(child, self._storage_options, self._fn, self._creator),
+            args=(child, self._storage_options, self._fn, self._creator, self._guard),
             name=f"compaction-worker-{w.index}",
             daemon=True,
         )
@@ -128,6 +145,8 @@ class WorkerPool:
             return  # the task was abandoned meanwhile
         if kind == "ok":
             pending.set_result(message[2])
+        elif kind == "denied":
+            pending.set_exception(TaskDenied(message[2]))
         else:
             pending.set_exception(TaskFailed(message[2]))
 
@@ -144,7 +163,8 @@ class WorkerPool:
         w.pending = None
 
     async def run(self, index: int, task_id: str, spec: CompactionSpec) -> CompactionResult:
-        """Run one task on worker `index`; WorkerLost if the worker dies, TaskFailed if it fails."""
+        """Run one task on worker `index`; WorkerLost if the worker dies, TaskFailed if it fails
+        (TaskDenied if the worker refuses its locations)."""
         w = self.workers[index]
         if not w.alive or w.conn is None:
             raise WorkerLost(f"compaction worker {index} is not running")

@@ -1,16 +1,26 @@
 """The compaction service as a job (`streamlet submit compaction_service`): it serves gRPC from
 a task manager slot, registers its endpoint, `job:<name>` resolves to every running instance, and
 it comes back at its address after its task manager is SIGKILLed, and a job offloading to it falls
-back to local compaction meanwhile and returns to remote after; plus Prometheus metrics."""
+back to local compaction meanwhile and returns to remote after; plus Prometheus metrics, also for
+several services in one task manager."""
 
+import asyncio
 import re
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY, generate_latest
 
+from compaction_service.convert import spec_to_proto
+from compaction_service.job import JOB_NAME, CompactionServiceSource
+from compaction_service.proto import compaction_pb2 as pb
+from compaction_service.proto import compaction_pb2_grpc as pb_grpc
+from streamlet import RuntimeContext
 from streamlet.cluster.endpoints import JobManagerLookup, resolve_compaction_endpoints
+from streamlet.config import Configuration
 from tests.cluster.harness import TOKEN, Cluster, fetch
+from tests.compaction_service.helpers import make_spec, write_tables
 from tests.support.ports import free_port
 
 JOBS = Path(__file__).parent / "jobs"
@@ -64,7 +74,7 @@ def test_compaction_service_job_serves_registers_and_fails_over(cluster: Cluster
     _, tm_metrics = fetch("GET", metrics_url)
     assert "streamlet_taskmanager_slots_used 1.0" in tm_metrics
     assert re.search(
-        r'compaction_service_accepted_total\{endpoint="127.0.0.1:\d+"\} 0.0', tm_metrics
+        r'streamlet_compaction_service_accepted_total\{endpoint="127.0.0.1:\d+"\} 0.0', tm_metrics
     )
     assert "process_cpu_seconds_total" in tm_metrics
 
@@ -119,3 +129,67 @@ def test_jobs_fall_back_to_local_compaction_and_return_to_remote(cluster: Cluste
     )
     assert returned["status"] == "RUNNING" and returned["failovers"] == 0
     assert cluster.cli("cancel", writer).returncode == 0
+
+
+def _accepted(metrics: str, endpoint: str) -> float | None:
+    label = re.escape(f'{{endpoint="{endpoint}"}}')
+    found = re.search(rf"^streamlet_compaction_service_accepted_total{label} (\S+)$", metrics, re.M)
+    return float(found.group(1)) if found else None
+
+
+def test_several_services_in_one_process_each_have_their_metrics(tmp_path: Path) -> None:
+    root = f"file://{tmp_path}/allowed"
+    config = Configuration(
+        {"compaction.service.allowed-roots": root, "compaction.service.workers": 1}
+    )
+    spec = make_spec(f"{root}/db", write_tables(f"{root}/db", tables=2, entries=100))
+
+    async def scenario() -> None:
+        source = CompactionServiceSource()
+        readers = [
+            source.create_reader(RuntimeContext(JOB_NAME, JOB_NAME, i, 3, config)) for i in range(3)
+        ]
+        opened = []
+        try:
+            for reader in readers:
+                await reader.open(None)
+                opened.append(reader)
+            endpoints = [f"127.0.0.1:{reader.server.port}" for reader in readers]
+            async with grpc.aio.insecure_channel(endpoints[1]) as channel:
+                stub = pb_grpc.CompactionServiceStub(channel)
+                await stub.Compact(pb.CompactRequest(spec=spec_to_proto(spec)), timeout=60)
+            metrics = generate_latest(REGISTRY).decode()
+            assert [_accepted(metrics, e) for e in endpoints] == [0.0, 1.0, 0.0]
+            await opened.pop(0).close()  # a service that stops leaves the metrics, alone
+            metrics = generate_latest(REGISTRY).decode()
+            assert [_accepted(metrics, e) for e in endpoints] == [None, 1.0, 0.0]
+        finally:
+            for reader in opened:
+                await reader.close()
+        assert _accepted(generate_latest(REGISTRY).decode(), endpoints[1]) is None
+
+    asyncio.run(scenario())
+
+
+def test_a_compactor_job_with_parallelism_2_on_one_task_manager(cluster: Cluster) -> None:
+    tm = cluster.start_taskmanager(slots=2)
+    job_id = cluster.submit(
+        "compaction_service",
+        "-p", "2",
+        "-D", "compaction.service.workers=1",
+        "-D", "checkpoint.interval=0",
+    )  # fmt: skip
+    def settled(job: dict) -> bool:  # failed (no point waiting), or both subtasks serve
+        serving = job["status"] == "RUNNING" and len(job["endpoints"]) == 2
+        return serving or job["status"] == "FAILED"
+
+    job = cluster.wait_job(job_id, settled, timeout=60)
+    assert job["status"] == "RUNNING", job
+    assert job["task_managers"] == [tm]
+    assert all(_serving(endpoint) for endpoint in job["endpoints"])
+    _, managers = cluster.api("GET", "/api/v1/taskmanagers")
+    (manager,) = managers["task_managers"]
+    _, metrics = fetch("GET", manager["metrics_url"])
+    assert [_accepted(metrics, endpoint) for endpoint in job["endpoints"]] == [0.0, 0.0]
+    assert cluster.cli("cancel", job_id).returncode == 0
+    cluster.wait_job(job_id, lambda j: j["status"] == "CANCELED")

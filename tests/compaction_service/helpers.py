@@ -2,17 +2,23 @@
 
 Also holds compaction functions the tests inject into worker processes (they must be importable
 by a spawned process): `blocking_compaction` parks forever, so a test controls when it stops.
+`DirWatch` and `snapshot` prove that nothing touched a directory.
 """
 
+import ctypes
+import os
 import posixpath
 import random
+import struct
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from compaction_service.proto import compaction_pb2 as pb
 from statebackend.dfs import filesystem, join
 from statebackend.lsm.compaction_job import (
     SPEC_VERSION,
@@ -70,6 +76,21 @@ def make_spec(
     return CompactionSpec(**fields)
 
 
+def set_spec_field(m: pb.CompactionSpec, field: str, value: float) -> str:
+    """Set `field` (a path of `convert.SPEC_RANGES`, e.g. `inputs.tables.size`) in `m`, in the
+    first element of repeated fields; returns the position an error names (`inputs[0]...`)."""
+    *parents, name = field.split(".")
+    target: Any = m
+    where = []
+    for parent in parents:
+        target = getattr(target, parent)
+        if parent in ("inputs", "tables"):
+            target, parent = target[0], f"{parent}[0]"
+        where.append(parent)
+    setattr(target, name, value)
+    return ".".join([*where, name])
+
+
 def read_outputs(
     root: str, result: CompactionResult, storage_options: Mapping[str, Any] | None = None
 ) -> list[tuple[bytes, bytes | None]]:
@@ -120,3 +141,55 @@ def lying_compaction(
     result = run_compaction(spec, storage_options, creator)
     stats = replace(result.stats, output_entries=result.stats.output_entries + 1)
     return replace(result, stats=stats)
+
+
+class DirWatch:
+    """Every open, read, write, creation, deletion or change in some directories, as the kernel
+    reports it (Linux inotify): proof that nothing touched them, beyond an unchanged listing."""
+
+    _MASK = 0xFFF  # IN_ACCESS ... IN_DELETE_SELF: every file event but the close-after-read ones
+    _EVENT = struct.Struct("iIII")  # wd, mask, cookie, name length
+
+    def __init__(self, *directories: Path) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self._dirs: dict[int, Path] = {}
+        for directory in directories:
+            wd = self._libc.inotify_add_watch(self._fd, str(directory).encode(), self._MASK)
+            if wd < 0:
+                raise OSError(ctypes.get_errno(), f"cannot watch {directory}")
+            self._dirs[wd] = directory
+
+    def events(self) -> list[str]:
+        """The events since the last call, as `path: mask` strings."""
+        found = []
+        while True:
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                return found
+            offset = 0
+            while offset < len(data):
+                wd, mask, _, length = self._EVENT.unpack_from(data, offset)
+                offset += self._EVENT.size
+                name = data[offset : offset + length].rstrip(b"\0").decode()
+                offset += length
+                found.append(f"{self._dirs.get(wd, '?')}/{name}: {mask:#x}")
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes | str, int]]:
+    """Every entry below `directory`: a file's bytes, a link's target, and its mtime (ns)."""
+    entries: dict[str, tuple[bytes | str, int]] = {}
+    for path in sorted(directory.rglob("*")):
+        stat = path.lstat()
+        if path.is_symlink():
+            content: bytes | str = os.readlink(path)
+        else:
+            content = path.read_bytes() if path.is_file() else "<dir>"
+        entries[str(path.relative_to(directory))] = (content, stat.st_mtime_ns)
+    return entries

@@ -1,11 +1,15 @@
-"""The protocol: generated code is current, and specs/results survive the wire unchanged."""
+"""The protocol: generated code is current, specs/results survive the wire unchanged, and every
+numeric spec field has one documented range."""
 
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from compaction_service.convert import (
+    SPEC_RANGES,
+    range_text,
     result_from_proto,
     result_to_proto,
     spec_from_proto,
@@ -14,7 +18,7 @@ from compaction_service.convert import (
 from compaction_service.proto import compaction_pb2 as pb
 from compaction_service.proto.generate import GENERATED, PROTO, REPO_ROOT, generate
 from statebackend.lsm.compaction_job import CompactionInput, run_compaction
-from tests.compaction_service.helpers import make_spec, write_tables
+from tests.compaction_service.helpers import make_spec, set_spec_field, write_tables
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
@@ -50,3 +54,54 @@ def test_spec_and_result_round_trip(tmp_path: Path) -> None:
 def test_wrong_result_version_is_rejected() -> None:
     with pytest.raises(ValueError, match="result_version"):
         result_from_proto(pb.CompactionResult(result_version=7))
+
+
+_NUMERIC = {
+    FieldDescriptor.TYPE_DOUBLE,
+    FieldDescriptor.TYPE_FLOAT,
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT32,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED32,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def _numeric_fields(descriptor: Descriptor, prefix: str = "") -> set[str]:
+    found = set()
+    for field in descriptor.fields:
+        if field.message_type is not None:
+            found |= _numeric_fields(field.message_type, f"{prefix}{field.name}.")
+        elif field.type in _NUMERIC:
+            found.add(f"{prefix}{field.name}")
+    return found
+
+
+def test_every_numeric_spec_field_has_a_range() -> None:
+    # spec_version must equal SPEC_VERSION exactly; every other number has bounds.
+    assert set(SPEC_RANGES) == _numeric_fields(pb.CompactionSpec.DESCRIPTOR) - {"spec_version"}
+
+
+def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
+    root = f"file://{tmp_path}/db"
+    good = spec_to_proto(make_spec(root, write_tables(root, tables=1, entries=10)))
+    for bound in (0, 1):
+        m = pb.CompactionSpec()
+        m.CopyFrom(good)
+        for field, limits in SPEC_RANGES.items():
+            set_spec_field(m, field, limits[bound])
+        spec = spec_from_proto(m)
+        assert spec.target_file_size == SPEC_RANGES["target_file_size"][bound]
+
+
+def test_the_documentation_lists_every_range() -> None:
+    page = (REPO_ROOT / "docs" / "compaction-service.md").read_text()
+    table = [line for line in page.splitlines() if line.startswith("| `")]
+    rows = {line.split("|")[1].strip(): line for line in table}
+    for field in SPEC_RANGES:
+        assert f"`{field}`" in rows and range_text(field) in rows[f"`{field}`"], field

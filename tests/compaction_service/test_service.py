@@ -1,5 +1,6 @@
 """The service through its gRPC API: results, subcompactions, status, errors, cancellation."""
 
+import math
 import time
 from dataclasses import replace
 
@@ -8,7 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from compaction_service.convert import result_from_proto, spec_to_proto
+from compaction_service.convert import SPEC_RANGES, range_text, result_from_proto, spec_to_proto
 from compaction_service.proto import compaction_pb2 as pb
 from statebackend.lsm.compaction_job import run_compaction
 from tests.compaction_service.helpers import (
@@ -16,6 +17,7 @@ from tests.compaction_service.helpers import (
     failing_compaction,
     make_spec,
     read_outputs,
+    set_spec_field,
     table_names,
     wait_until,
     write_tables,
@@ -168,3 +170,35 @@ def test_deadline_stops_the_work_and_deletes_partial_outputs(start_service) -> N
         what="the work stopped",
     )
     assert not stub.Status(pb.StatusRequest(), timeout=5).running
+
+
+def _out_of_range(low: float, high: float) -> list[float]:
+    if isinstance(high, float):
+        return [low - 1, high * 10, math.nan, math.inf]
+    return [low - 1, high + 1]
+
+
+def test_numbers_out_of_range_get_invalid_argument_naming_field_and_range(start_service) -> None:
+    running = start_service()
+    root = f"{running.root}/db"
+    good = spec_to_proto(make_spec(root, write_tables(root, tables=1, entries=10)))
+    good.ttl_cutoff_ms = 1
+    good.inputs[0].tables[0].min_expiry_ms = 1
+    stub = running.stub()
+    cases = [(f, v) for f, (low, high) in SPEC_RANGES.items() for v in _out_of_range(low, high)]
+    cases.append(("table_options.bloom_bits_per_key", 2**32 - 1))  # tens of GB in a worker
+    sent = 0
+    for field, value in cases:
+        m = pb.CompactionSpec()
+        m.CopyFrom(good)
+        try:
+            where = set_spec_field(m, field, value)
+        except ValueError:
+            continue  # not representable on the wire (e.g. -1 in an unsigned field)
+        sent += 1
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Compact(pb.CompactRequest(spec=m), timeout=5)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, value)
+        assert f"'{where}'" in error.value.details() and range_text(field) in error.value.details()
+    assert sent >= len(SPEC_RANGES) + 5
+    assert stub.Status(pb.StatusRequest(), timeout=5).totals.accepted == 0
