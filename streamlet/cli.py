@@ -1,10 +1,15 @@
-"""The `streamlet` command line."""
+"""The `streamlet` command line.
+
+`streamlet run JOB.py ... -- ARGS` and `streamlet submit TARGET ... -- ARGS` hand everything after
+the first `--` to the job module (its `sys.argv[1:]` while it loads).
+"""
 
 import argparse
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv, job_args = _split_job_args(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="streamlet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
@@ -38,8 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         help="set a configuration key (see docs/configuration.md); repeatable",
     )
     run.add_argument("--config", help="YAML configuration file")
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also log INFO lines (checkpoints, compactions), not only warnings",
+    )
     _add_cluster_commands(commands)
     args = parser.parse_args(argv)
+    if job_args is not None and args.command not in JOB_ARGS_COMMANDS:
+        parser.error(f"only {' and '.join(JOB_ARGS_COMMANDS)} take job arguments after --")
     if args.command == "demo":
         return _demo(args.rows, args.parallelism)
     if args.command == "compaction-service":
@@ -49,13 +62,24 @@ def main(argv: list[str] | None = None) -> int:
         del options["command"]
         return serve(**options)
     if args.command == "run":
-        return _run(args.job_file, args.parallelism, args.defines, args.config)
+        return _run(
+            args.job_file, args.parallelism, args.defines, args.config, args.verbose, job_args or []
+        )
     if args.command in CLUSTER_COMMANDS:
-        return _cluster_command(args)
+        return _cluster_command(args, job_args or [])
     return 2
 
 
 CLUSTER_COMMANDS = ("jobmanager", "taskmanager", "cluster", "submit", "list", "status", "cancel")
+JOB_ARGS_COMMANDS = ("run", "submit")
+
+
+def _split_job_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """The command's own arguments, and the job module's after the first `--` (None: no `--`)."""
+    if "--" not in argv:
+        return argv, None
+    split = argv.index("--")
+    return argv[:split], argv[split + 1 :]
 
 
 def _add_defines(command: argparse.ArgumentParser, what: str) -> None:
@@ -91,6 +115,11 @@ def _add_cluster_commands(commands: "argparse._SubParsersAction") -> None:
     submit.add_argument("target", metavar="JOB.py|ARCHIVE.zip|MODULE")
     submit.add_argument("--entry", help="the job module inside an archive (default job.py)")
     submit.add_argument("-p", "--parallelism", type=int)
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the job to end; exit with 0 only if it finished",
+    )
     for name, help_text in (
         ("list", "list the cluster's jobs"),
         ("status", "show a job's status"),
@@ -99,13 +128,15 @@ def _add_cluster_commands(commands: "argparse._SubParsersAction") -> None:
         command = commands.add_parser(name, help=help_text)
         if name != "list":
             command.add_argument("job_id", metavar="ID")
+        if name != "cancel":
+            command.add_argument("--json", action="store_true", help="machine-readable output")
         command.add_argument("--jobmanager", help="job manager URL (default: cluster.jobmanager)")
         command.add_argument("--config", help="YAML configuration file (cluster.* keys)")
     submit.add_argument("--jobmanager", help="job manager URL (default: cluster.jobmanager)")
     _add_defines(submit, "the job (and, with --config, the client)")
 
 
-def _cluster_command(args: argparse.Namespace) -> int:
+def _cluster_command(args: argparse.Namespace, job_args: list[str]) -> int:
     from streamlet.cluster import commands, local
     from streamlet.config import ConfigError, Configuration
     from streamlet.launcher import parse_defines
@@ -129,11 +160,13 @@ def _cluster_command(args: argparse.Namespace) -> int:
     if args.command == "cluster":
         return local.cluster(config, args.port, args.taskmanagers, args.slots)
     if args.command == "submit":
-        return commands.submit(config, args.target, args.entry, args.parallelism, defines)
+        return commands.submit(
+            config, args.target, args.entry, args.parallelism, defines, job_args, args.wait
+        )
     if args.command == "list":
-        return commands.list_jobs(config)
+        return commands.list_jobs(config, args.json)
     if args.command == "status":
-        return commands.status(config, args.job_id)
+        return commands.status(config, args.job_id, args.json)
     return commands.cancel(config, args.job_id)
 
 
@@ -143,19 +176,22 @@ def _demo(rows: int, parallelism: int) -> int:
     return print_demo(run_demo(rows, parallelism))
 
 
-def _run(job_file: str, parallelism: int | None, defines: list[str], config: str | None) -> int:
-    import logging
-
+def _run(
+    job_file: str,
+    parallelism: int | None,
+    defines: list[str],
+    config: str | None,
+    verbose: bool,
+    job_args: list[str],
+) -> int:
     from streamlet.config import ConfigError, Configuration
     from streamlet.errors import StreamletError
-    from streamlet.launcher import parse_defines, run_job_file
+    from streamlet.launcher import configure_logging, parse_defines, run_job_file
 
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    configure_logging(verbose)
     try:
         configuration = Configuration.load(config, overrides=parse_defines(defines))
-        run_job_file(job_file, configuration, parallelism)
+        run_job_file(job_file, configuration, parallelism, job_args=job_args)
     except (ConfigError, StreamletError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

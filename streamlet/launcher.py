@@ -3,16 +3,25 @@
 A job module is a Python file that assigns a `streamlet.Job` to a module-level variable (by
 convention `job`). Loading errors name the file (and line, for a syntax error); a module without a
 job says so. While the job runs, a progress line shows records in and out with their rates,
-completed checkpoints and the state backends' compactions (local and remote). SIGINT (Ctrl-C) or
-SIGTERM stops the job after a final checkpoint; a second one aborts at once.
+completed checkpoints and the state backends' compactions (local and remote); when it ends, the
+line is printed once more with the final figures, which the summary after it repeats. SIGINT
+(Ctrl-C) or SIGTERM stops the job after a final checkpoint; a second one aborts at once.
+
+The terminal shows the progress line, warnings and errors, and the summary: the INFO lines of the
+runtime and the state backends (a line per checkpoint, two per compaction, the compaction client's
+`invokeCompactionService ...`) are shown only with `streamlet run -v` (`configure_logging`). Task
+managers and the compaction service keep logging them.
 """
 
 import asyncio
+import contextlib
 import logging
 import runpy
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,16 +32,46 @@ from streamlet.executor import JobResult, execute_job
 from streamlet.metrics import JobMetrics
 
 log = logging.getLogger("streamlet.run")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
-def load_job(path: str | Path) -> Job:
-    """The `Job` a job module defines (`job`, or its only module-level `Job`)."""
+def configure_logging(verbose: bool, stream: TextIO = sys.stderr) -> None:
+    """Log to `stream` at WARNING, or at INFO when `verbose` (`streamlet run -v`)."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, stream=stream, format=LOG_FORMAT
+    )
+
+
+_ARGV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def job_argv(argv: Sequence[str]) -> Iterator[None]:
+    """`sys.argv` is `argv` while a job module loads (loads on several threads take turns)."""
+    with _ARGV_LOCK:
+        saved = sys.argv
+        sys.argv = list(argv)
+        try:
+            yield
+        finally:
+            sys.argv = saved
+
+
+def load_job(path: str | Path, job_args: Sequence[str] = ()) -> Job:
+    """The `Job` a job module defines (`job`, or its only module-level `Job`); while the module
+    loads, `sys.argv` is `[path, *job_args]` (the arguments after `--`)."""
     path = Path(path)
     if not path.is_file():
         raise JobLoadError(f"{path}: no such job file")
     sys.path.insert(0, str(path.resolve().parent))
     try:
-        namespace = runpy.run_path(str(path), run_name="__streamlet_job__")
+        with job_argv([str(path), *job_args]):
+            namespace = runpy.run_path(str(path), run_name="__streamlet_job__")
+    except SystemExit as e:  # e.g. argparse rejecting the arguments after --
+        raise JobLoadError(
+            f"{path}: the job module exited with status {e.code} while loading "
+            f"(its arguments: {list(job_args)})"
+        ) from e
     except SyntaxError as e:
         raise JobLoadError(f"{path}:{e.lineno}: syntax error: {e.msg}") from e
     except Exception as e:
@@ -60,8 +99,9 @@ def run_job_file(
     config: Configuration,
     parallelism: int | None = None,
     stream: TextIO = sys.stderr,
+    job_args: Sequence[str] = (),
 ) -> JobResult:
-    job = load_job(path)
+    job = load_job(path, job_args)
     return asyncio.run(_run(job, config, parallelism, stream))
 
 
@@ -78,12 +118,14 @@ async def _run(
             log.warning("second interrupt: aborting without a final checkpoint")
             main.cancel()  # type: ignore[union-attr]
             return
-        log.info("stopping job %s after a final checkpoint (interrupt again to abort)", job.name)
+        progress.note(
+            f"stopping job {job.name} after a final checkpoint (interrupt again to abort)"
+        )
         stop.set()
 
+    progress = ProgressLine(job.name, metrics, stream)
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
-    progress = ProgressLine(job.name, metrics, stream)
     reporter = asyncio.create_task(progress.run(config.get("progress.interval") / 1000))
     try:
         result = await execute_job(job, config, parallelism=parallelism, stop=stop, metrics=metrics)
@@ -139,7 +181,14 @@ class ProgressLine:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def note(self, message: str) -> None:
+        """Print `message` on a line of its own (the progress line is redrawn at the next show)."""
+        self.stream.write(("\r\x1b[2K" if self.terminal else "") + message + "\n")
+        self.stream.flush()
+
     def finish(self) -> None:
+        """Show the line once more, with the final figures (those of the summary), and end it."""
+        self.show()
         if self.terminal:
             self.stream.write("\n")
             self.stream.flush()

@@ -1,8 +1,9 @@
 """The shared token: every REST call carries `Authorization: Bearer <cluster.token>`.
 
 The job manager refuses to start without a token, answers 401 to a call without the right one
-(compared in constant time), and serves the dashboard's static files and `/healthz` without it
-(they hold no data; the page asks for the token and sends it with every call it makes).
+(compared in constant time; the answer says to set `STREAMLET_CLUSTER_TOKEN`), and serves the
+dashboard's static files and `/healthz` without it (they hold no data; the page asks for the
+token and sends it with every call it makes).
 """
 
 import hmac
@@ -11,6 +12,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 PUBLIC_PREFIXES = ("/dashboard", "/healthz")
+UNAUTHORIZED = (
+    "unauthorized: send Authorization: Bearer <cluster.token>; set STREAMLET_CLUSTER_TOKEN "
+    "(or cluster.token) to the cluster's token"
+)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -42,7 +47,7 @@ def token_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[w
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):
             return web.json_response(
-                {"error": "unauthorized: send Authorization: Bearer <cluster.token>"},
+                {"error": UNAUTHORIZED},
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="streamlet"'},
             )

@@ -3,7 +3,9 @@
 
 Each takes the loaded `Configuration` (YAML file, environment, `-D`). Client commands print what
 the job manager answered and return 1 with `error: ...` on stderr when it refused (a broken
-module, a missing token) or could not be reached.
+module, a missing token) or could not be reached. `submit` carries the job module's arguments
+(after `--`) and, with `--wait`, polls the job until it ends and returns 0 only if it finished;
+`list` and `status` print JSON with `--json`.
 """
 
 import asyncio
@@ -11,6 +13,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,15 +24,19 @@ from streamlet.cluster.auth import MissingToken, require_token
 from streamlet.cluster.client import ClusterError, JobManagerClient
 from streamlet.cluster.ha import HaStore
 from streamlet.cluster.jobmanager import JobManager
+from streamlet.cluster.model import JobStatus
 from streamlet.cluster.rest import create_app
 from streamlet.cluster.taskmanager import TaskManager
 from streamlet.config import Configuration
 from streamlet.errors import JobLoadError
 
 log = logging.getLogger("streamlet.cluster")
+WAIT_POLL_S = 0.5
+WAIT_UNREACHABLE_S = 60.0  # --wait gives up when the job manager is unreachable this long
 
 
-def _logging() -> None:
+def configure_logging() -> None:
+    """INFO and above on stderr, with the time (aiohttp's access log only from WARNING)."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
@@ -54,7 +61,7 @@ async def _until_signalled(work: Callable[[], Awaitable[None]]) -> None:
 
 def jobmanager(config: Configuration, host: str | None, port: int) -> int:
     """Serve the REST API until a signal stops it; logs `job manager listening on URL`."""
-    _logging()
+    configure_logging()
     try:
         token = require_token(config.get("cluster.token"))
     except MissingToken as e:
@@ -82,7 +89,7 @@ def jobmanager(config: Configuration, host: str | None, port: int) -> int:
 
 
 def taskmanager(config: Configuration, slots: int | None, port: int = 0) -> int:
-    _logging()
+    configure_logging()
     try:
         require_token(config.get("cluster.token"))
     except MissingToken as e:
@@ -113,23 +120,57 @@ def submit(
     entry: str | None,
     parallelism: int | None,
     defines: dict[str, Any],
+    job_args: list[str],
+    wait: bool,
 ) -> int:
-    """Print the new job's id."""
+    """Print the new job's id; with `wait`, then its final status (0 only if it finished)."""
     try:
-        artifact, data = artifacts.pack(target, entry)
+        artifact, data = artifacts.pack(target, entry, job_args)
         Configuration.load(overrides=defines, environ={})  # reject a bad key before uploading
         answer = _client_call(config, lambda c: c.submit(artifact, data, parallelism, defines))
     except (JobLoadError, ClusterError, ValueError) as e:
         return _fail(str(e))
-    print(answer["id"])
+    print(answer["id"], flush=True)
+    return _wait_for_end(config, answer["id"]) if wait else 0
+
+
+def _wait_for_end(config: Configuration, job_id: str) -> int:
+    """Poll the job until it ends; print `ID STATUS` (and the error of a failed job)."""
+
+    async def until_ended(client: JobManagerClient) -> dict[str, Any]:
+        reachable = time.monotonic()
+        while True:
+            try:
+                job = await client.job(job_id)
+                reachable = time.monotonic()
+                if JobStatus(job["status"]).terminal:
+                    return job
+            except ClusterError as e:  # a restarting job manager is unreachable for a while
+                if e.status is not None or time.monotonic() - reachable > WAIT_UNREACHABLE_S:
+                    raise
+            await asyncio.sleep(WAIT_POLL_S)
+
+    try:
+        job = _client_call(config, until_ended)
+    except ClusterError as e:
+        return _fail(f"waiting for job {job_id}: {e}")
+    except KeyboardInterrupt:
+        print(f"stopped waiting; job {job_id} goes on", file=sys.stderr)
+        return 130
+    print(f"{job_id} {job['status']}")
+    if job["status"] != JobStatus.FINISHED:
+        return _fail(job["error"]) if job.get("error") else 1
     return 0
 
 
-def list_jobs(config: Configuration) -> int:
+def list_jobs(config: Configuration, as_json: bool) -> int:
     try:
         jobs = _client_call(config, lambda c: c.jobs())
     except ClusterError as e:
         return _fail(str(e))
+    if as_json:
+        print(json.dumps(jobs, sort_keys=True))
+        return 0
     print(f"{'ID':<16}  {'NAME':<24} {'STATUS':<11} {'P':>2}  {'CHECKPOINT':>10}  ENDPOINTS")
     for job in jobs:
         checkpoint = "-" if job["latest_checkpoint"] is None else str(job["latest_checkpoint"])
@@ -140,13 +181,13 @@ def list_jobs(config: Configuration) -> int:
     return 0
 
 
-def status(config: Configuration, job_id: str) -> int:
-    """Print the job's status as JSON."""
+def status(config: Configuration, job_id: str, as_json: bool) -> int:
+    """Print the job's status as JSON: indented, or on one line with `as_json` (`--json`)."""
     try:
         job = _client_call(config, lambda c: c.job(job_id))
     except ClusterError as e:
         return _fail(str(e))
-    print(json.dumps(job, indent=2, sort_keys=True))
+    print(json.dumps(job, sort_keys=True) if as_json else json.dumps(job, indent=2, sort_keys=True))
     return 0
 
 

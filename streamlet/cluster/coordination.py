@@ -182,6 +182,7 @@ class Follower:
         assert self._reader is not None and self._writer is not None
         reader = self._reader
         waiting_done = asyncio.create_task(subtasks_done.wait())
+        reading: asyncio.Task[Any] | None = None
         try:
             while True:
                 reading = asyncio.create_task(read_message(reader))
@@ -200,6 +201,8 @@ class Follower:
             await self._writer.drain()
         finally:
             waiting_done.cancel()
+            if reading is not None:
+                reading.cancel()  # aborted while reading: no "exception never retrieved" later
 
     async def _on_message(self, message: tuple) -> None:
         kind, key = message[0], message[1]

@@ -11,11 +11,16 @@ aligns barriers from remote channels like local ones.
 
 The same server carries the control connections of distributed executions (`coordination`).
 
-Frames are a 4-byte big-endian length and a payload. The first frame of a connection is JSON and
-carries the cluster token (checked in constant time before anything else is read); the rest are
-pickles, accepted only from a peer that knew the token. A connection that breaks before the end
-of input fails the subtask that uses it with `PeerLost` (the job then restarts from its latest
-checkpoint).
+Frames are a 4-byte big-endian length and a payload. The first frame of a connection (the hello)
+is JSON and carries the cluster token (checked in constant time before anything else is read);
+the rest are pickles, accepted only from a peer that knew the token. Before the token matched, a
+connection costs little: a hello longer than `HELLO_MAX_BYTES` is refused from its length alone
+(its bytes are never read), a hello must arrive within `HANDSHAKE_TIMEOUT_S`, and at most
+`MAX_HANDSHAKES` connections wait for theirs at once (a new one closes the oldest waiting, so a
+peer that sends its hello at once still gets through while idle connections hold the bound).
+Refusals are logged at most once per `REFUSAL_LOG_INTERVAL_S`, with how many were refused since.
+A connection that breaks before the end of input fails the subtask that uses it with `PeerLost`
+(the job then restarts from its latest checkpoint).
 """
 
 import asyncio
@@ -25,6 +30,7 @@ import json
 import logging
 import pickle
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,7 +39,11 @@ from streamlet.elements import EndOfInput
 
 log = logging.getLogger("streamlet.cluster.exchange")
 FRAME = struct.Struct(">I")
-MAX_FRAME = 256 << 20
+MAX_FRAME = 256 << 20  # after the token matched
+HELLO_MAX_BYTES = 8 << 10
+HANDSHAKE_TIMEOUT_S = 5.0
+MAX_HANDSHAKES = 64
+REFUSAL_LOG_INTERVAL_S = 10.0
 CONNECT_TIMEOUT_S = 30.0
 ChannelKey = tuple[str, int, int, int]  # (execution id, edge index, upstream, downstream)
 ControlHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, dict], Awaitable[None]]
@@ -43,10 +53,23 @@ class PeerLost(ConnectionError):
     """The task manager at the other end of a channel or control connection went away."""
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
+class FrameTooLarge(PeerLost):
+    """A frame announced more bytes than the reader accepts (they are not read)."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"a frame of {length} bytes (the limit is {limit})")
+        self.length = length
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.length, self.limit))  # unpickled through __init__'s arguments
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> bytes:
+    """The next frame's payload; `FrameTooLarge` (nothing read) if it is longer than `limit`."""
     (length,) = FRAME.unpack(await reader.readexactly(FRAME.size))
-    if length > MAX_FRAME:
-        raise PeerLost(f"frame of {length} bytes is too large")
+    if length > limit:
+        raise FrameTooLarge(length, limit)
     return await reader.readexactly(length)
 
 
@@ -73,14 +96,47 @@ async def connect(
         )
     except (OSError, TimeoutError) as e:
         raise PeerLost(f"cannot connect to the task manager at {address}: {e}") from e
-    write_frame(writer, json.dumps({**hello, "token": token}).encode())
+    payload = json.dumps({**hello, "token": token}).encode()
+    if len(payload) > HELLO_MAX_BYTES:
+        writer.close()
+        raise ValueError(f"a hello of {len(payload)} bytes exceeds {HELLO_MAX_BYTES}: {hello}")
+    write_frame(writer, payload)
     return reader, writer
 
 
+class _Refusals:
+    """Logs refused connections at most once per interval, counting the ones in between."""
+
+    def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._last = -interval_s
+        self._unlogged = 0
+
+    def refused(self, peer: Any, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self._unlogged += 1
+            return
+        since = f" ({self._unlogged} more refused since the last message)" if self._unlogged else ""
+        log.warning("exchange connection from %s refused: %s%s", peer, reason, since)
+        self._last, self._unlogged = now, 0
+
+
 class ExchangeServer:
-    def __init__(self, host: str, token: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        token: str,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        max_handshakes: int = MAX_HANDSHAKES,
+    ) -> None:
         self.host = host
         self.token = token
+        self.handshake_timeout_s = handshake_timeout_s
+        self.max_handshakes = max_handshakes
+        # connections waiting for their hello, oldest first (a dict keeps insertion order)
+        self._handshaking: dict[asyncio.StreamWriter, None] = {}
+        self._refusals = _Refusals()
         self._inputs: dict[ChannelKey, asyncio.Future[RemoteInputChannel]] = {}
         self._controls: dict[str, asyncio.Future[ControlHandler]] = {}
         self._server: asyncio.Server | None = None
@@ -115,13 +171,51 @@ class ExchangeServer:
         if future is not None:
             future.cancel()
 
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> dict[str, Any] | None:
+        """The connection's hello if it carries the token; None (the refusal logged) if not."""
+        peer = writer.get_extra_info("peername")
+        if len(self._handshaking) >= self.max_handshakes:
+            oldest = next(iter(self._handshaking))
+            del self._handshaking[oldest]
+            oldest.close()  # its _handshake sees the end of the stream and returns None
+            self._refusals.refused(
+                oldest.get_extra_info("peername"),
+                f"more than {self.max_handshakes} connections were waiting for their hello",
+            )
+        self._handshaking[writer] = None
+        try:
+            frame = await asyncio.wait_for(
+                read_frame(reader, HELLO_MAX_BYTES), self.handshake_timeout_s
+            )
+        except FrameTooLarge as e:
+            self._refusals.refused(
+                peer, f"a hello of {e.length} bytes (the limit is {HELLO_MAX_BYTES})"
+            )
+            return None
+        except TimeoutError:
+            self._refusals.refused(peer, f"no hello within {self.handshake_timeout_s:g} s")
+            return None
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None  # closed by the peer, or by us to make room
+        finally:
+            self._handshaking.pop(writer, None)
+        try:
+            hello = json.loads(frame)
+        except ValueError:
+            hello = None
+        if not isinstance(hello, dict) or not hmac.compare_digest(
+            str(hello.get("token", "")).encode(), self.token.encode()
+        ):
+            self._refusals.refused(peer, "a hello without the cluster token")
+            return None
+        return hello
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            hello = json.loads(await read_frame(reader))
-            if not isinstance(hello, dict) or not hmac.compare_digest(
-                str(hello.get("token", "")).encode(), self.token.encode()
-            ):
-                log.warning("exchange connection without the cluster token refused")
+            hello = await self._handshake(reader, writer)
+            if hello is None:
                 return
             if hello.get("kind") == "data":
                 key = (str(hello["execution"]), *map(int, hello["channel"]))

@@ -12,7 +12,8 @@ the HA store before the REST call or heartbeat that caused it is answered.
   carry deployments to start, to cancel (after a final checkpoint: the job was cancelled), to
   abort (at once: a stale attempt, the job runs elsewhere now) and to forget.
 - Failover: a task manager silent for `cluster.heartbeat.timeout` is dropped and its jobs get a new
-  deployment elsewhere, which restores their latest checkpoint.
+  deployment elsewhere, which restores their latest checkpoint. A job's metrics add up its
+  attempts: a new attempt's counters start at zero and are added to the earlier ones' totals.
 - Recovery: a restarted job manager reloads the jobs from the HA store; a job's task manager
   re-registers with the deployments it still runs, which are adopted; a job whose task manager
   does not come back within the heartbeat timeout is redeployed from its latest checkpoint.
@@ -276,7 +277,9 @@ class JobManager:
         job.reported[tm_id] = str(status)
         self._deployment_metrics.setdefault(job.id, {})[tm_id] = report.get("metrics", {})
         self._deployment_endpoints.setdefault(job.id, {})[tm_id] = report.get("endpoints", [])
-        job.metrics = _sum_metrics(self._deployment_metrics[job.id].values())
+        job.metrics = _sum_metrics(
+            [job.previous_metrics, *self._deployment_metrics[job.id].values()]
+        )
         job.endpoints = [e for ends in self._deployment_endpoints[job.id].values() for e in ends]
         if job.metrics.get("last_checkpoint_id") is not None:
             job.latest_checkpoint = job.metrics["last_checkpoint_id"]
@@ -326,12 +329,7 @@ class JobManager:
             "slots": [slot for slot, t in enumerate(job.placement) if t == tm_id],
             "slot_addresses": addresses,
             "config": job.config,
-            "artifact": {
-                "kind": job.artifact.kind,
-                "module": job.artifact.module,
-                "file_name": job.artifact.file_name,
-                "entry": job.artifact.entry,
-            },
+            "artifact": dict(vars(job.artifact)),
         }
 
     # -- internals ---------------------------------------------------------------------------
@@ -350,6 +348,7 @@ class JobManager:
             job.status = JobStatus.RESTARTING
             job.failovers += 1
         job.placement, job.reported, job.endpoints = [], {}, []
+        job.previous_metrics = dict(job.metrics)  # the new attempt's counters add to these
         self._deployment_metrics.pop(job.id, None)
         self._deployment_endpoints.pop(job.id, None)
         await self._save(job)
@@ -387,10 +386,11 @@ class JobManager:
             await asyncio.to_thread(self.ha.save, job)
 
 
-def _sum_metrics(per_deployment: Any) -> dict[str, Any]:
-    """A job's metrics: the sum over its deployments (the latest checkpoint: the highest)."""
+def _sum_metrics(parts: Any) -> dict[str, Any]:
+    """A job's metrics: the sum over its deployments, and the totals of its earlier attempts
+    (the latest checkpoint: the highest)."""
     total: dict[str, Any] = {}
-    for metrics in per_deployment:
+    for metrics in parts:
         for key, value in metrics.items():
             if key == "last_checkpoint_id":
                 if value is not None:

@@ -3,7 +3,9 @@
 Each process has its own registry with one collector that reads the live state at scrape time
 (jobs by status, slots, per-job records, checkpoints, failovers and compactions), followed by
 prometheus_client's default registry: process CPU and memory, and the metrics jobs publish there
-(the compaction service job's requests, bytes and CPU seconds).
+(the compaction service job's requests, bytes and CPU seconds). Per-job series are labelled
+`job_id` and `job_name`. The job manager's per-job counters add up all attempts of a job (they
+do not fall back when it fails over); a task manager's count its own deployments.
 """
 
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 JOB_COUNTERS = {
     "records_in": "Records read by the job's sources",
     "records_out": "Records written by the job's sinks",
-    "checkpoints": "Checkpoints completed by the job's current deployment",
+    "checkpoints": "Checkpoints completed by the job",
     "compactions_local": "LSM compactions run in the job's process",
     "compactions_remote": "LSM compactions offloaded to the compaction service",
     "compaction_cpu_seconds_local": "CPU seconds the job's process spent compacting",
@@ -31,10 +33,14 @@ JOB_COUNTERS = {
 }
 
 
+# `job_name`, not `job`: Prometheus sets `job` on every target (the scrape job's name)
+JOB_LABELS = ["job_id", "job_name"]
+
+
 def _job_counters(prefix: str, rows: list[tuple[list[str], dict]]) -> Iterator[Metric]:
     """One counter family per job metric; `rows` are (label values, metrics) per job."""
     for key, doc in JOB_COUNTERS.items():
-        family = CounterMetricFamily(f"{prefix}_{key}", doc, labels=["job_id", "job"])
+        family = CounterMetricFamily(f"{prefix}_{key}", doc, labels=JOB_LABELS)
         for labels, values in rows:
             family.add_metric(labels, float(values.get(key, 0) or 0))
         yield family
@@ -85,7 +91,7 @@ class _JobManagerCollector(Collector):
         failovers = CounterMetricFamily(
             "streamlet_job_failovers",
             "Redeployments after a task manager was lost",
-            labels=["job_id", "job"],
+            labels=JOB_LABELS,
         )
         rows = []
         for job in manager.jobs.values():

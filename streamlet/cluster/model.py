@@ -50,12 +50,14 @@ class DeploymentStatus(enum.StrEnum):
 @dataclass
 class Artifact:
     """What runs: an importable `module`, or a `file` (a .py job module or a .zip archive with
-    `entry`, a .py file inside it) stored with the job's HA metadata."""
+    `entry`, a .py file inside it) stored with the job's HA metadata, and the module's `args`
+    (its `sys.argv[1:]` while it loads)."""
 
     kind: str  # "module" | "file" | "archive"
     module: str | None = None
     file_name: str | None = None
     entry: str | None = None
+    args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -75,7 +77,8 @@ class JobRecord:
     failovers: int = 0
     failures: int = 0  # restarts after a failure of the job's own code (restart.attempts)
     endpoints: list[str] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # of all attempts (counters add up)
+    previous_metrics: dict[str, Any] = field(default_factory=dict)  # of the attempts before
 
     @property
     def deployment_id(self) -> str:

@@ -211,6 +211,11 @@ DOCUMENT: dict[str, Any] = {
                             "module": {"type": "string"},
                             "file_name": {"type": "string"},
                             "entry": {"type": "string", "description": "archive's job module"},
+                            "args": {
+                                "type": "array",
+                                "items": {"type": "string"},
+                                "description": "the job module's sys.argv[1:] while it loads",
+                            },
                         },
                     },
                     "data_b64": {"type": "string", "description": "the file, base64"},

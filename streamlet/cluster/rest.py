@@ -1,9 +1,10 @@
 """The job manager's HTTP API (aiohttp, JSON), described by `openapi.DOCUMENT`.
 
 Handlers translate between JSON and `JobManager` calls: bad input is a 400 with
-`{"error": "..."}`, an unknown job or task manager a 404; the token check is the `auth`
-middleware in front of every route except the dashboard's static files (`/dashboard/`), which
-call the API with the token the user gives them.
+`{"error": "..."}` (also a body nested more than `MAX_JSON_DEPTH` levels, which no call needs),
+an unknown job or task manager a 404; the token check is the `auth` middleware in front of every
+route except the dashboard's static files (`/dashboard/`), which call the API with the token the
+user gives them.
 """
 
 import base64
@@ -24,6 +25,7 @@ from streamlet.errors import JobLoadError
 MANAGER: web.AppKey[JobManager] = web.AppKey("manager", JobManager)
 METRICS: web.AppKey[JobManagerMetrics] = web.AppKey("metrics", JobManagerMetrics)
 MAX_SUBMISSION_BYTES = 64 << 20
+MAX_JSON_DEPTH = 32
 DASHBOARD = Path(__file__).parent / "dashboard"
 
 
@@ -32,13 +34,32 @@ def _error(status: type[web.HTTPException], message: str) -> web.HTTPException:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    too_deep = f"the request body is nested more than {MAX_JSON_DEPTH} levels deep"
     try:
         body = await request.json()
+    except RecursionError:
+        raise _error(web.HTTPBadRequest, too_deep) from None
     except ValueError:
         raise _error(web.HTTPBadRequest, "the request body must be a JSON object") from None
     if not isinstance(body, dict):
         raise _error(web.HTTPBadRequest, "the request body must be a JSON object")
+    if _deeper_than(body, MAX_JSON_DEPTH):
+        raise _error(web.HTTPBadRequest, too_deep)
     return body
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests objects and arrays more than `limit` levels (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _manager(request: web.Request) -> JobManager:
@@ -72,6 +93,7 @@ async def submit_job(request: web.Request) -> web.Response:
             module=spec.get("module"),
             file_name=spec.get("file_name"),
             entry=spec.get("entry"),
+            args=spec.get("args") or [],
         )
         data = base64.b64decode(body["data_b64"], validate=True) if body.get("data_b64") else None
     except (binascii.Error, TypeError) as e:

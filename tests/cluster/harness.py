@@ -122,11 +122,12 @@ def _base_env() -> dict[str, str]:
 
 
 def fetch(method: str, url: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, Any]:
-    """(HTTP status, the JSON answer or else its text) of one call with the token."""
+    """(HTTP status, the JSON answer or else its text) of one call with the token; a `bytes`
+    body is sent as it is, anything else as JSON."""
     request = urllib.request.Request(
         url,
         method=method,
-        data=None if body is None else json.dumps(body).encode(),
+        data=body if body is None or isinstance(body, bytes) else json.dumps(body).encode(),
         headers={
             "Content-Type": "application/json",
             **({"Authorization": f"Bearer {token}"} if token else {}),

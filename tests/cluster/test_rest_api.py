@@ -59,6 +59,7 @@ def test_every_call_needs_the_token(cluster: Cluster) -> None:
             status, answer = cluster.api(method, path, body, token=token)
             assert status == 401, (method, path, answer)
             assert "unauthorized" in answer["error"]
+            assert "set STREAMLET_CLUSTER_TOKEN" in answer["error"]
     assert cluster.api("GET", "/api/v1/jobs") == (200, {"jobs": []})
     status, document = cluster.api("GET", "/api/v1/openapi.json")
     assert status == 200 and document["openapi"].startswith("3.")
@@ -66,6 +67,15 @@ def test_every_call_needs_the_token(cluster: Cluster) -> None:
     assert listed.returncode == 1 and "unauthorized" in listed.stderr
     submitted = cluster.cli("submit", ENDLESS, token="wrong")
     assert submitted.returncode == 1 and "unauthorized" in submitted.stderr
+    for command, token in [
+        (["list"], None),
+        (["submit", ENDLESS], "wrong"),
+        (["status", "nope"], None),
+        (["cancel", "nope"], "wrong"),
+    ]:
+        refused = cluster.cli(*command, token=token)
+        assert refused.returncode == 1, command
+        assert "set STREAMLET_CLUSTER_TOKEN (or cluster.token)" in refused.stderr, command
 
 
 @pytest.mark.parametrize(
