@@ -3,8 +3,11 @@
 Values come from, in increasing precedence: the defaults below, a YAML file (`--config FILE`,
 a flat or nested mapping), environment variables (`STREAMLET_` + the key in upper case with `.` and
 `-` as `_`, e.g. `STREAMLET_STATE_BACKEND`), and `-D key=value` on the command line. Unknown keys
-and bad values are errors that name the key and where it came from. `docs/configuration.md` lists
-the same keys (a test keeps the two in step).
+and bad values are errors that name the key and where it came from, and suggest the closest key
+(or command-line flag). A `STREAMLET_*` environment variable that names no key is ignored with a
+warning (once per process) suggesting the closest variable, unless the project uses it on purpose
+(`NON_KEY_ENV_VARS`). `compaction.mode: remote` without `compaction.service.address` is an
+error. `docs/configuration.md` lists the same keys (a test keeps the two in step).
 
 >>> config = Configuration.load(overrides={"checkpoint.interval": "2s"}, environ={})
 >>> config.get("checkpoint.interval"), config.get("state.backend")
@@ -27,6 +30,11 @@ import yaml
 from statebackend import BackendConfig
 
 ENV_PREFIX = "STREAMLET_"
+# `STREAMLET_*` variables that are not configuration keys but are used on purpose: the settings of
+# the Kubernetes example's scripts (k8s/scripts/*.sh), which export them to `streamlet` commands.
+NON_KEY_ENV_VARS = frozenset({"STREAMLET_JOBMANAGER", "STREAMLET_TOKEN", "STREAMLET_PORT"})
+# Keys that a command-line flag of `streamlet run` and `streamlet submit` sets too.
+FLAGS = {"parallelism.default": "-p"}
 
 log = logging.getLogger("streamlet.config")
 
@@ -233,7 +241,8 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "compaction.service.address",
         "str",
         "",
-        "host:port of the compaction service (several separated by commas); used when "
+        "host:port of the compaction service (several separated by commas), job:<name> (a "
+        "compaction service job of the cluster) or dns:///<name>:<port>; required when "
         "compaction.mode is remote.",
         str,
     ),
@@ -339,6 +348,42 @@ OPTIONS: tuple[ConfigOption, ...] = (
     ),
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
+_ENV_VARS = {option.env_var: option for option in OPTIONS}
+_warned_env_vars: set[str] = set()
+
+
+def _did_you_mean(key: str) -> str:
+    """` (did you mean KEY?)` for an unknown key: `<key>.default` when there is one (`parallelism`
+    means `parallelism.default`), else the closest key; with the flag that sets it too."""
+    if f"{key}.default" in OPTIONS_BY_KEY:
+        close = f"{key}.default"
+    else:
+        matches = difflib.get_close_matches(key, OPTIONS_BY_KEY, n=1)
+        if not matches:
+            return ""
+        close = matches[0]
+    flag = f" or {FLAGS[close]}" if close in FLAGS else ""
+    return f" (did you mean {close}{flag}?)"
+
+
+def _warn_unknown_env_vars(env: Mapping[str, str]) -> None:
+    """Warn (once per variable and process) of `STREAMLET_*` variables that name no key."""
+    for name in sorted(env):
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name in _ENV_VARS
+            or name in NON_KEY_ENV_VARS
+            or name in _warned_env_vars
+        ):
+            continue
+        _warned_env_vars.add(name)
+        close = difflib.get_close_matches(name, _ENV_VARS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        log.warning("environment variable %s names no configuration key; ignored%s", name, hint)
+
+
+def _names_an_address(address: str) -> bool:
+    return any(part.strip() for part in address.split(","))
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -359,6 +404,7 @@ class Configuration:
         self._values: dict[str, Any] = {}
         for key, value in (values or {}).items():
             self.set(key, value, "the configuration")
+        self._check()
 
     @classmethod
     def load(
@@ -379,23 +425,34 @@ class Configuration:
             for key, value in _flatten(data).items():
                 config.set(key, value, str(file))
         env = os.environ if environ is None else environ
+        _warn_unknown_env_vars(env)
         for option in OPTIONS:
             if option.env_var in env:
                 config.set(option.key, env[option.env_var], f"${option.env_var}")
         for key, value in (overrides or {}).items():
             config.set(key, value, f"-D {key}")
+        config._check()
         return config
 
     def set(self, key: str, value: Any, source: str) -> None:
         option = OPTIONS_BY_KEY.get(key)
         if option is None:
-            close = difflib.get_close_matches(key, OPTIONS_BY_KEY, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"unknown configuration key {key!r} in {source}{hint}")
+            raise ConfigError(f"unknown configuration key {key!r} in {source}{_did_you_mean(key)}")
         try:
             self._values[key] = option.convert(value)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"bad value for {key} in {source}: {e}") from e
+
+    def _check(self) -> None:
+        """Rules across keys: remote compaction needs the service's address."""
+        if self.get("compaction.mode") == "remote" and not _names_an_address(
+            self.get("compaction.service.address")
+        ):
+            raise ConfigError(
+                "compaction.mode is remote, but compaction.service.address is not set: set it to "
+                "the compaction service's host:port (several separated by commas), job:<name> or "
+                "dns:///<name>:<port>, or set compaction.mode to local"
+            )
 
     def get(self, key: str) -> Any:
         if key not in OPTIONS_BY_KEY:
@@ -419,9 +476,10 @@ class Configuration:
         """The state backend settings these values select, with the compaction mode wired.
 
         With `compaction.mode: remote`, the compaction service's client is registered as the
-        `remote` mode and `compaction.service.address` is resolved (`job:<name>` through the
-        cluster's endpoint directory, `dns:///name:port` through DNS) to the `host:port` list the
-        backend gets. When it resolves to nothing, the backend compacts locally, with a warning.
+        `remote` mode and `compaction.service.address` (which a remote mode requires) is resolved
+        (`job:<name>` through the cluster's endpoint directory, `dns:///name:port` through DNS) to
+        the `host:port` list the backend gets. When it resolves to nothing (e.g. the service job
+        is not running yet), the backend compacts locally, with a warning.
         """
         mode = self.get("compaction.mode")
         address = self.get("compaction.service.address")

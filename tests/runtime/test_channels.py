@@ -15,7 +15,7 @@ from streamlet.elements import (
 )
 from streamlet.executor import execute_job
 from streamlet.metrics import JobMetrics
-from tests.runtime.support import CollectSink, local_config
+from tests.runtime.support import CollectSink, local_config, progress_or_end
 
 
 async def test_a_full_channel_makes_the_producer_wait_until_the_consumer_reads() -> None:
@@ -95,8 +95,7 @@ async def test_a_slow_sink_holds_the_source_back(tmp_path: Path) -> None:
     metrics = JobMetrics()
     stop = asyncio.Event()
     run = asyncio.create_task(execute_job(job, config, stop=stop, metrics=metrics))
-    while not sink.values:
-        await asyncio.sleep(0.001)
+    await progress_or_end(lambda: bool(sink.values), run)
     for _ in range(500):  # let the source run as far as the channels allow
         await asyncio.sleep(0)
     # At most: the batch the sink holds, two in the channel, one the source is trying to put.

@@ -4,6 +4,7 @@ import asyncio
 import json
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
@@ -11,11 +12,11 @@ import pytest
 
 from streamlet import AggregateFunction, Job, TumblingEventTimeWindows, WatermarkStrategy
 from streamlet.checkpoint import CheckpointStorage
-from streamlet.connectors import DataGeneratorSource
+from streamlet.connectors import DataGeneratorSource, Source
 from streamlet.errors import CheckpointError, OperatorError
 from streamlet.executor import execute_job
 from streamlet.metrics import JobMetrics
-from tests.runtime.support import CollectSink, local_config
+from tests.runtime.support import CollectSink, HeldSource, local_config, progress_or_end
 from tests.support.checkpoints import referenced_files
 
 KEYS = [f"k{i}" for i in range(20)]
@@ -30,10 +31,18 @@ def expected(count: int) -> Counter:
     return Counter(source.record(i) for i in range(count))
 
 
-def counting_job(name: str, sink: CollectSink, count: int, rate: float | None = None) -> Job:
+def counting_job(
+    name: str,
+    sink: CollectSink,
+    count: int,
+    rate: float | None = None,
+    held: Callable[[Source], HeldSource] | None = None,
+) -> Job:
+    """Counts per key of `count` generated keys; `held` wraps the source (see `HeldSource`)."""
     job = Job(name)
+    source: Source = DataGeneratorSource(key_of, rate=rate, count=count, seed=9)
     (
-        job.source(DataGeneratorSource(key_of, rate=rate, count=count, seed=9), name="keys")
+        job.source(source if held is None else held(source), name="keys")
         .map(lambda k: (k, 1), name="pair")
         .key_by(lambda p: p[0])
         .reduce(lambda a, b: (a[0], a[1] + b[1]), name="count")
@@ -87,16 +96,15 @@ async def test_stop_takes_a_final_checkpoint_and_a_rerun_continues_exactly(
     sink = CollectSink()
     stop = asyncio.Event()
     metrics = JobMetrics()
-    run = asyncio.create_task(
-        execute_job(
-            counting_job("stop", sink, count, rate=8000), config, stop=stop, metrics=metrics
-        )
+    # Held at half the records: the job cannot end before the stop, however slow the machine.
+    first_job = counting_job(
+        "stop", sink, count, rate=8000, held=lambda s: HeldSource(s, limit=count // 2)
     )
-    while metrics.records_in < count // 4:
-        await asyncio.sleep(0.01)
+    run = asyncio.create_task(execute_job(first_job, config, stop=stop, metrics=metrics))
+    await progress_or_end(lambda: metrics.records_in >= count // 4, run)
     stop.set()
     first = await run
-    assert 0 < first.records_in < count
+    assert count // 4 <= first.records_in <= count // 2
     second = await execute_job(counting_job("stop", sink, count), config)
     assert second.restored_checkpoint == first.checkpoints
     assert first.records_in + second.records_in == count
@@ -172,9 +180,14 @@ async def test_checkpoints_on_s3(tmp_path: Path, s3_bucket) -> None:
 async def test_windows_and_timers_survive_a_stop_and_restore(tmp_path: Path) -> None:
     count = 6000
 
-    def windowed_job(sink: CollectSink) -> Job:
+    def windowed_job(sink: CollectSink, limit: int | None = None) -> Job:
+        """The windowed count; with `limit`, its source holds after that many records."""
         job = Job("windows-restore")
-        source = DataGeneratorSource(lambda i, rng: (rng.choice(KEYS), i), rate=12_000, count=count)
+        source: Source = DataGeneratorSource(
+            lambda i, rng: (rng.choice(KEYS), i), rate=12_000, count=count
+        )
+        if limit is not None:
+            source = HeldSource(source, limit=limit)
         (
             job.source(source, watermarks=WatermarkStrategy.monotonous_timestamps(lambda r: r[1]))
             .key_by(lambda r: r[0])
@@ -189,11 +202,12 @@ async def test_windows_and_timers_survive_a_stop_and_restore(tmp_path: Path) -> 
     sink = CollectSink(timestamps=True)
     stop = asyncio.Event()
     metrics = JobMetrics()
-    run = asyncio.create_task(execute_job(windowed_job(sink), config, stop=stop, metrics=metrics))
-    while metrics.records_in < count // 3:
-        await asyncio.sleep(0.01)
+    first_job = windowed_job(sink, limit=count // 2)  # cannot fire every window before the stop
+    run = asyncio.create_task(execute_job(first_job, config, stop=stop, metrics=metrics))
+    await progress_or_end(lambda: metrics.records_in >= count // 3, run)
     stop.set()
     await run
+    assert count // 3 <= metrics.records_in <= count // 2
     before_restore = len(sink.values)
     await execute_job(windowed_job(sink), config)
     source = DataGeneratorSource(lambda i, rng: (rng.choice(KEYS), i))
@@ -239,15 +253,19 @@ async def test_state_of_dropped_checkpoints_is_released(tmp_path: Path, backend:
     stop = asyncio.Event()
     metrics = JobMetrics()
     sink = CollectSink()
-    run = asyncio.create_task(
-        execute_job(
-            counting_job("retain", sink, count, rate=20_000), config, stop=stop, metrics=metrics
-        )
+    # The job cannot end before 4 checkpoints, so that 2 of them fall out of retention.
+    first_job = counting_job(
+        "retain",
+        sink,
+        count,
+        rate=20_000,
+        held=lambda s: HeldSource(s, release=lambda: metrics.checkpoints >= 4),
     )
-    while metrics.checkpoints < 4:
-        await asyncio.sleep(0.01)
+    run = asyncio.create_task(execute_job(first_job, config, stop=stop, metrics=metrics))
+    await progress_or_end(lambda: metrics.checkpoints >= 4, run)
     stop.set()
     await run
+    assert metrics.checkpoints >= 4
     storage = CheckpointStorage(config["checkpoint.dir"], "retain", {})
     assert len(storage.checkpoint_ids()) == 2
     state_root = tmp_path / "state" / "retain"

@@ -14,7 +14,7 @@ from streamlet.connectors import (
 )
 from streamlet.executor import execute_job
 from streamlet.functions import RuntimeContext
-from tests.runtime.support import CollectSink, local_config
+from tests.runtime.support import CollectSink, local_config, progress_or_end
 
 
 def context(index: int = 0, parallelism: int = 1) -> RuntimeContext:
@@ -94,8 +94,8 @@ async def test_idle_source_with_idleness_does_not_stall_event_time(tmp_path: Pat
     data.union(silent).key_by(lambda v: v[0]).process(Fire()).sink(sink)
     stop = asyncio.Event()
     run = asyncio.create_task(execute_job(job, local_config(tmp_path), stop=stop))
-    while len(sink.values) < 2:  # fires only once the silent source is marked idle
-        await asyncio.sleep(0.01)
+    # Fires only once the silent source is marked idle (the silent source never ends the job).
+    await progress_or_end(lambda: len(sink.values) >= 2, run)
     stop.set()
     await run
     assert sorted(sink.values) == [("a", 5), ("b", 7)]

@@ -18,6 +18,9 @@ from tests.support.processes import ProcessRunner
 
 JOB = Path(keyed_count.__file__)
 RECORDS = 12_000
+# A first run holds at half the records (of 2 source subtasks) until it is killed or stopped: it
+# cannot end before the checkpoints the test waits for, however slow the machine.
+HOLD_AT = str(RECORDS // 4)
 
 
 def expected_counts(records: int) -> Counter:
@@ -35,7 +38,8 @@ def committed_updates(output: Path) -> dict[str, list[int]]:
 
 
 def start_run(runner: ProcessRunner, output: Path, defines: dict[str, str], **env: str):
-    args = ["run", str(JOB), "-p", "2"]
+    """`streamlet run -v` (the checkpoint lines are waited for) of the keyed count job."""
+    args = ["run", str(JOB), "-p", "2", "-v"]
     for key, value in defines.items():
         args += ["-D", f"{key}={value}"]
     return runner.python(
@@ -52,7 +56,7 @@ def start_run(runner: ProcessRunner, output: Path, defines: dict[str, str], **en
 
 
 def kill_mid_stream_and_rerun(runner: ProcessRunner, output: Path, defines: dict[str, str]):
-    first = start_run(runner, output, defines)
+    first = start_run(runner, output, defines, KEYED_COUNT_HOLD_AT=HOLD_AT)
     first.wait_for_output("checkpoint 3 completed", timeout=60)
     assert first.kill() == -9
     assert "finished" not in first.output()
@@ -120,7 +124,7 @@ def test_sigint_stops_after_a_final_checkpoint_and_a_rerun_finishes_exactly(
         "checkpoint.interval": "200ms",
     }
     output = tmp_path / "out"
-    first = start_run(process_runner, output, defines)
+    first = start_run(process_runner, output, defines, KEYED_COUNT_HOLD_AT=HOLD_AT)
     first.wait_for_output("checkpoint 2 completed", timeout=60)
     os.killpg(first.pid, signal.SIGINT)  # type: ignore[arg-type]
     assert first.wait(timeout=60) == 0

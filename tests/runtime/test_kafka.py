@@ -1,6 +1,7 @@
 """The Kafka connectors on the Tansu broker: a `streamlet run` reading a topic is SIGKILLed and run
 again, resuming from the offsets in its checkpoint; the sink delivers every record."""
 
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -42,7 +43,7 @@ async def test_sigkilled_kafka_job_resumes_from_checkpointed_offsets(
         "KAFKA_COUNT_TOPIC": topic,
         "KAFKA_COUNT_OUTPUT": str(output),
     }
-    args = ["run", str(KAFKA_JOB), "-p", "2"]
+    args = ["run", str(KAFKA_JOB), "-p", "2", "-v"]  # -v: the checkpoint lines waited for
     for key, value in {
         "checkpoint.dir": (tmp_path / "chk").as_uri(),
         "state.dir": (tmp_path / "state").as_uri(),
@@ -82,8 +83,9 @@ async def test_kafka_sink_delivers_every_record(kafka_broker: KafkaBroker, tmp_p
     )
     await consumer.start()
     received: list[str] = []
+    deadline = time.monotonic() + 60  # bounded: a sink that lost records fails the assertion
     try:
-        while len(received) < 300:
+        while len(received) < 300 and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=1000)
             received += [m.value.decode() for batch in batches.values() for m in batch]
     finally:

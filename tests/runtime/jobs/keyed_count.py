@@ -1,8 +1,9 @@
 """A test job: generated words counted per key, every updated count written once to a FileSink.
 
 Configured by environment variables: KEYED_COUNT_OUTPUT (the sink's directory), KEYED_COUNT_RECORDS,
-KEYED_COUNT_RATE (records per second) and KEYED_COUNT_POISON (a record index whose word makes the
-counting operator raise; -1 for none).
+KEYED_COUNT_RATE (records per second), KEYED_COUNT_POISON (a record index whose word makes the
+counting operator raise; -1 for none) and KEYED_COUNT_HOLD_AT (records per source subtask after
+which the source holds until the run is stopped or killed: such a run cannot end by itself).
 """
 
 import os
@@ -10,12 +11,13 @@ import random
 
 from statebackend import ValueStateDescriptor
 from streamlet import Job, KeyedProcessFunction
-from streamlet.connectors import DataGeneratorSource, FileSink
+from streamlet.connectors import DataGeneratorSource, FileSink, Source
 
 WORDS = [f"w{i}" for i in range(50)]
 RECORDS = int(os.environ.get("KEYED_COUNT_RECORDS", "20000"))
 RATE = float(os.environ.get("KEYED_COUNT_RATE", "4000"))
 POISON = int(os.environ.get("KEYED_COUNT_POISON", "-1"))
+HOLD_AT = os.environ.get("KEYED_COUNT_HOLD_AT")
 
 
 def word(index: int, rng: random.Random) -> str:
@@ -34,9 +36,14 @@ class Count(KeyedProcessFunction):
 
 
 WORDS_SOURCE = DataGeneratorSource(word, rate=RATE, count=RECORDS, seed=3)
+source: Source = WORDS_SOURCE
+if HOLD_AT is not None:  # imported only then: the cluster tests submit this file on its own
+    from tests.runtime.support import HeldSource
+
+    source = HeldSource(WORDS_SOURCE, int(HOLD_AT))
 job = Job("keyed-count")
 (
-    job.source(WORDS_SOURCE, name="words")
+    job.source(source, name="words")
     .key_by(lambda w: w)
     .process(Count(), name="count")
     .sink(FileSink(os.environ.get("KEYED_COUNT_OUTPUT", "keyed-count-output")), name="files")
