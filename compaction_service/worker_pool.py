@@ -12,7 +12,8 @@ Invariants:
 - `kill` stops a task for real: the process is SIGKILLed, the pending `run` raises `WorkerLost`,
   and the slot is unusable until `replace` has started a fresh process. The caller deletes the
   task's partial outputs (the process cannot).
-- A worker whose parent dies sees end-of-file on its pipe and exits after its current task.
+- A worker whose parent dies exits within a second, also in the middle of a task
+  (`statebackend.lifeline`); a pipe that closes ends an idle worker at once.
 """
 
 import asyncio
@@ -27,6 +28,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from compaction_service.security import AccessDenied, RootGuard
+from statebackend.lifeline import exit_with_parent
 from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec, run_compaction
 
 CompactionFn = Callable[[CompactionSpec, Mapping[str, Any], str], CompactionResult]
@@ -51,9 +53,11 @@ def _worker_main(
     fn: CompactionFn,
     creator: str,
     guard: RootGuard,
+    parent_pid: int,
 ) -> None:
     """The worker process: run tasks until the pipe closes or a None arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    exit_with_parent(parent_pid)  # also in the middle of a task
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -114,7 +118,9 @@ class WorkerPool:
         parent, child = self._ctx.Pipe()
         w.process = self._ctx.Process(
             target=_worker_main,
-            args=(child, self._storage_options, self._fn, self._creator, self._guard),
+            args=(
+                child, self._storage_options, self._fn, self._creator, self._guard, os.getpid()
+            ),
             name=f"compaction-worker-{w.index}",
             daemon=True,
         )

@@ -106,6 +106,8 @@ def _add_cluster_commands(commands: "argparse._SubParsersAction") -> None:
         "--port", type=int, default=0, help="port of /metrics and /healthz (0: any free port)"
     )
     _add_defines(taskmanager, "the task manager")
+    for managed in (jobmanager, taskmanager):  # set by `streamlet cluster` for its children
+        managed.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     cluster = commands.add_parser("cluster", help="a local job manager and task managers")
     cluster.add_argument("--taskmanagers", type=int, default=2)
     cluster.add_argument("--slots", type=int, help="slots per task manager")
@@ -153,6 +155,10 @@ def _cluster_command(args: argparse.Namespace, job_args: list[str]) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if getattr(args, "parent_pid", None) is not None:
+        from statebackend.lifeline import exit_with_parent
+
+        exit_with_parent(args.parent_pid)
     if args.command == "jobmanager":
         return commands.jobmanager(config, args.host, args.port)
     if args.command == "taskmanager":

@@ -24,6 +24,7 @@ broken pool fail; their DBs retry them.
 
 import logging
 import multiprocessing
+import os
 import pickle
 import threading
 import time
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from statebackend.errors import CompactionError
+from statebackend.lifeline import exit_with_parent
 from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec, run_compaction
 from statebackend.lsm.picker import Pick, Reservation
 
@@ -69,7 +71,12 @@ class LocalCompactor:
     def _new_pool(self) -> Executor:
         if self.processes:
             spawn = multiprocessing.get_context("spawn")
-            return ProcessPoolExecutor(self.workers, mp_context=spawn)
+            return ProcessPoolExecutor(
+                self.workers,
+                mp_context=spawn,
+                initializer=exit_with_parent,  # no worker outlives a SIGKILLed writer process
+                initargs=(os.getpid(),),
+            )
         return ThreadPoolExecutor(self.workers, thread_name_prefix="lsm-compaction")
 
     @classmethod

@@ -14,7 +14,8 @@ The job manager's death is logged and stops the cluster with exit status 1 rathe
 it: it owns the REST port and the HA metadata, and what kills a local job manager (the port taken,
 a bad configuration, memory) usually kills the next one too; `streamlet cluster` started again
 recovers the jobs from the HA metadata. SIGINT or SIGTERM stops the children (SIGTERM, then
-SIGKILL after a grace period) and exits with 0.
+SIGKILL after a grace period) and exits with 0; if this process is SIGKILLed, each child notices
+within a second and exits (`--parent-pid`, see `statebackend.lifeline`).
 """
 
 import asyncio
@@ -65,8 +66,10 @@ class _LocalCluster:
         self._deaths: collections.deque[float] = collections.deque()
 
     async def _start(self, name: str, args: list[str]) -> _Child:
+        # --parent-pid: the child ends itself if this process is SIGKILLed (statebackend.lifeline).
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streamlet.cli", *args, env=self.env
+            sys.executable, "-m", "streamlet.cli", *args, "--parent-pid", str(os.getpid()),
+            env=self.env,
         )
         child = _Child(name, process, asyncio.create_task(process.wait()))
         self.children.append(child)
