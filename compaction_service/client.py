@@ -3,17 +3,18 @@
 Per spec: pick an endpoint whose circuit breaker is closed (round robin), log
 `invokeCompactionService ...`, and call Compact with a deadline. The returned future gets the
 remote result, or, on any failure (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, any other
-status, a result that does not match the spec), the result of running the same spec locally:
+status, a result that `files.validate_result` refuses), the result of running the same spec locally:
 nothing is lost. Failures that cost no time (UNAVAILABLE, RESOURCE_EXHAUSTED) first try the
 other endpoints. A spec whose DB lives in this process (memory://) always runs locally.
 A result the service computed is marked `remote` (the DB counts where compactions ran by that
 mark, also when a compaction has no outputs); a local run's result is not.
 
 Invariants:
-- The future is completed exactly once, with exactly one result; outputs of any other run of
-  the spec (a rejected remote result, a remote result that arrives after the caller cancelled)
-  are deleted here, and anything a lost call left behind is removed by the service (on deadline
-  or cancel) or, failing that, by the DB's garbage collector (the outputs are never installed).
+- The future is completed exactly once, with exactly one result. Before a rejected remote result
+  is replaced by a local run, and when a result arrives after the caller cancelled, every file
+  under the spec's output prefix is deleted (`files.delete_outputs`); anything a lost call left
+  behind is removed by the service (on deadline or cancel) or, failing that, by the DB's garbage
+  collector (docs/lsm-protocol.md).
 - Cancelling the future (the DB abandons a compaction) cancels the remote call, which makes the
   service stop the work and delete its partial outputs.
 """
@@ -36,14 +37,15 @@ from compaction_service.convert import result_from_proto, spec_to_proto
 from compaction_service.proto import compaction_pb2 as pb
 from compaction_service.proto import compaction_pb2_grpc as pb_grpc
 from compaction_service.subcompactions import input_bytes
-from statebackend.dfs import filesystem, join
-from statebackend.lsm.compaction_job import TABLES_DIR, CompactionResult, CompactionSpec
+from statebackend.dfs import filesystem
+from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec
 from statebackend.lsm.compactor import (
     IN_PROCESS_PROTOCOLS,
     Compactor,
     LocalCompactor,
     register_compaction_mode,
 )
+from statebackend.lsm.files import delete_outputs, validate_result
 
 log = logging.getLogger(__name__)
 
@@ -107,24 +109,6 @@ def _channel_credentials(tls: ClientTls) -> grpc.ChannelCredentials:
         private_key=_read(tls.key_file),
         certificate_chain=_read(tls.cert_file),
     )
-
-
-def validate_result(spec: CompactionSpec, result: CompactionResult) -> None:
-    """ValueError unless `result` can be the result of `spec` (ids, names, key order, range)."""
-    if result.compaction_id != spec.compaction_id:
-        raise ValueError(f"result is for {result.compaction_id}, not {spec.compaction_id}")
-    start, end = spec.key_range
-    previous: bytes | None = None
-    for t in result.outputs:
-        if not t.name.startswith(spec.output_prefix) or "/" in t.name:
-            raise ValueError(f"output {t.name!r} is not named with prefix {spec.output_prefix!r}")
-        if t.smallest > t.largest or (previous is not None and t.smallest <= previous):
-            raise ValueError(f"output {t.name} is out of order or overlaps its predecessor")
-        if (start is not None and t.smallest < start) or (end is not None and t.largest >= end):
-            raise ValueError(f"output {t.name} lies outside the key range")
-        previous = t.largest
-    if sum(t.entries for t in result.outputs) != result.stats.output_entries:
-        raise ValueError("output entries do not add up to the stats")
 
 
 class RemoteCompactor:
@@ -282,7 +266,7 @@ class RemoteCompactor:
             return
         except ValueError as e:
             self._failed(endpoint, spec, "BAD_RESULT", str(e))
-            self._discard(spec, response.result.outputs, options)
+            self._discard(spec, options)
             self._run_local(spec, options, outer, "the remote result was invalid")
             return
         endpoint.breaker.record_success()
@@ -309,15 +293,11 @@ class RemoteCompactor:
             endpoint.breaker.state.value,
         )
 
-    def _discard(self, spec: CompactionSpec, outputs: Any, options: dict[str, Any]) -> None:
-        """Delete the named outputs of an unusable result (only names inside the spec's prefix)."""
-        fs, path = filesystem(join(spec.db_root, TABLES_DIR), options)
-        for t in outputs:
-            if t.name.startswith(spec.output_prefix) and "/" not in t.name:
-                try:
-                    fs.rm_file(f"{path}/{t.name}")
-                except OSError as e:
-                    log.warning("could not delete %s (the DB's GC will): %s", t.name, e)
+    def _discard(self, spec: CompactionSpec, options: dict[str, Any]) -> None:
+        """Delete the outputs of a run whose result will not be delivered: every file under the
+        spec's prefix (when this is called, no run whose result may be delivered is writing)."""
+        fs, root = filesystem(spec.db_root, options)
+        delete_outputs(fs, root, spec.output_prefix)
 
     # -- local -------------------------------------------------------------------------------
 
@@ -370,7 +350,7 @@ class RemoteCompactor:
                 "compaction %s finished after it was cancelled; deleting its outputs",
                 spec.compaction_id,
             )
-            self._discard(spec, result.outputs, options)
+            self._discard(spec, options)
 
 
 def remote_compactor(options: Mapping[str, Any], in_process: bool) -> RemoteCompactor:

@@ -5,14 +5,14 @@ Invariants:
   `WorkerLost`, `JobCancelled`) or is cancelled by its awaiting caller; `finish` is called on the
   scheduler for every task that started.
 - Outputs of a task that did not deliver its result (killed, failed, cancelled, or finished after
-  its caller gave up) are deleted: every task writes under its own unique output prefix, so
-  deleting by that prefix never touches another run's files. The deletion confines the spec to
-  the allowed roots first (`RootGuard.confine`): it never lists or deletes outside them.
+  its caller gave up) are deleted: every task writes under its own run prefix
+  (`files.service_run_prefix`), so deleting by that prefix never touches another run's files.
+  The deletion confines the spec to the allowed roots first (`RootGuard.confine`): it never
+  lists or deletes outside them.
 """
 
 import asyncio
 import logging
-import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +20,9 @@ from typing import Any
 from compaction_service.scheduler import Scheduler, Task
 from compaction_service.security import RootGuard
 from compaction_service.worker_pool import TaskFailed, WorkerLost, WorkerPool
-from statebackend.dfs import filesystem, join
-from statebackend.lsm.compaction_job import TABLES_DIR, CompactionResult, CompactionSpec
+from statebackend.dfs import filesystem
+from statebackend.lsm import files
+from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec
 
 log = logging.getLogger(__name__)
 _RESTART_PAUSE_S = 1.0
@@ -34,21 +35,11 @@ class JobCancelled(Exception):
 def delete_outputs(
     spec: CompactionSpec, storage_options: Mapping[str, Any], guard: RootGuard
 ) -> list[str]:
-    """Delete every table under `db_root/tables/` whose name starts with the spec's prefix
-    (AccessDenied, and nothing deleted, if that folder is no longer inside the allowed roots)."""
+    """`files.delete_outputs` of the spec's prefix, once the spec is confined to the allowed
+    roots (AccessDenied, and nothing deleted, if its tables folder is no longer inside them)."""
     spec = guard.confine(spec)
-    fs, path = filesystem(join(spec.db_root, TABLES_DIR), storage_options)
-    try:
-        names = [posixpath.basename(p) for p in fs.ls(path, detail=False)]
-    except FileNotFoundError:
-        return []
-    doomed = [n for n in names if n.startswith(spec.output_prefix)]
-    for name in doomed:
-        try:
-            fs.rm_file(posixpath.join(path, name))
-        except FileNotFoundError:
-            pass
-    return doomed
+    fs, root = filesystem(spec.db_root, storage_options)
+    return files.delete_outputs(fs, root, spec.output_prefix)
 
 
 @dataclass

@@ -36,7 +36,8 @@ import grpc
 from fsspec.core import split_protocol
 from fsspec.implementations.local import LocalFileSystem
 
-from statebackend.lsm.compaction_job import TABLES_DIR, CompactionSpec
+from statebackend.lsm.compaction_job import CompactionSpec
+from statebackend.lsm.files import is_plain_name, table_path, tables_dir
 
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 AUTH_HEADER = "authorization"
@@ -77,7 +78,7 @@ def _locate(url: str) -> _Location:
 
 
 def _plain_name(name: str, what: str) -> None:
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+    if not is_plain_name(name):
         raise AccessDenied(f"{what} {name!r} is not a plain file name")
 
 
@@ -127,11 +128,10 @@ class RootGuard:
         location = self._allowed(spec.db_root)
         if not location.local:
             return spec
-        tables = posixpath.join(location.path, TABLES_DIR)
-        self._check_real(tables, "the tables folder")  # where the outputs are written
+        self._check_real(tables_dir(location.path), "the tables folder")  # outputs go there
         for compaction_input in spec.inputs:
             for table in compaction_input.tables:
-                self._check_real(posixpath.join(tables, table.name), "input table")
+                self._check_real(table_path(location.path, table.name), "input table")
         return replace(spec, db_root=f"file://{location.path}")
 
 

@@ -5,10 +5,10 @@ does not decode at all is answered INVALID_ARGUMENT by `UndecodableRequests`, wi
 rate-limited log line), confined to the allowed roots (its tasks carry the real `db_root`, and
 each worker checks again before it opens a file), split into subcompactions when it is large
 enough, admitted as tasks (RESOURCE_EXHAUSTED at once when the queue is full) and awaited. Every
-request gets a fresh run token, and each of its tasks writes under
-`<spec.output_prefix>r<token>s<i>-`: still inside the prefix the primary protects from its garbage
-collector, but unique to this run, so deleting a run's outputs never touches the outputs of
-another run of the same spec (e.g. the client's local fallback).
+request gets a fresh run token, and each of its tasks writes under its own run prefix
+(`files.service_run_prefix`, the naming rules of docs/lsm-protocol.md): inside the prefix the
+primary protects, but unique to this run and piece, so deleting a run's outputs never touches
+those of another run of the same spec (e.g. the client's local fallback).
 
 If the client goes away (its deadline passes, or it cancels), gRPC cancels the handler and every
 task of the request is stopped and its outputs deleted. A result that is ready only after the
@@ -18,7 +18,6 @@ credentials) come from its configuration, never from a request.
 
 import asyncio
 import logging
-import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -50,6 +49,7 @@ from compaction_service.worker_pool import (
     WorkerPool,
 )
 from statebackend.lsm.compaction_job import CompactionSpec, run_compaction
+from statebackend.lsm.files import new_run_token, service_run_prefix
 
 log = logging.getLogger("compaction_service")
 
@@ -111,13 +111,13 @@ class CompactionServicer(pb_grpc.CompactionServiceServicer):
             await context.abort(
                 grpc.StatusCode.ALREADY_EXISTS, f"compaction {spec.compaction_id} is running"
             )
-        run = secrets.token_hex(4)
+        run = new_run_token()
         pieces = subspecs(confined, self._pieces(spec, request.allow_subcompactions))
         cost = input_bytes(spec) // len(pieces)  # an estimate: ranges cut the bytes about evenly
         tasks = [
             Task(
                 f"{spec.compaction_id}/{run}/{i}",
-                replace(sub, output_prefix=f"{spec.output_prefix}r{run}s{i}-"),
+                replace(sub, output_prefix=service_run_prefix(spec.output_prefix, run, i)),
                 cost,
             )
             for i, sub in enumerate(pieces)

@@ -4,8 +4,8 @@
   The DB's files live there for good: checkpoints pin manifest versions instead of copying files.
 - snapshot(checkpoint_id): flush, then pin the committed version. The handle is
   `{backend, format, db_root, manifest: FileRef dict (path, size, xxh3), epoch, checkpoint_id,
-  key_groups}`. A pin stays until the runtime releases the checkpoint (`release`), when it falls
-  out of retention; the garbage collector then deletes what only that checkpoint referenced.
+  key_groups}`. The runtime releases the checkpoint (`release`) when it falls out of retention;
+  what a pin keeps and when its files go: docs/lsm-protocol.md, "Checkpoint pins".
 - TTL: compactions drop entries that expired by the backend's clock (`context.clock`), never by
   the wall clock.
 - restore: verify the pinned manifest against the handle (missing: MissingCheckpointDataError,
@@ -38,7 +38,7 @@ from statebackend.dfs import FileRef, join, read_verified
 from statebackend.errors import InvalidHandleError
 from statebackend.lsm.compactor import IN_PROCESS_PROTOCOLS, Compactor, create_compactor
 from statebackend.lsm.db import LsmDB
-from statebackend.lsm.manifest import SUFFIX
+from statebackend.lsm.files import manifest_path, parse_manifest_name
 from statebackend.lsm.options import PREFIX, LsmOptions
 from statebackend.lsm.table import TableOptions
 from statebackend.store import StoreContext, StoreHandle
@@ -199,13 +199,12 @@ def _check_handle(handle: StoreHandle, context: StoreContext) -> tuple[str, int]
         ref = FileRef.from_dict(handle["manifest"])
     except (KeyError, TypeError, ValueError) as e:
         raise InvalidHandleError(f"malformed {NAME} store handle: {handle!r:.200}") from e
-    name = posixpath.basename(ref.path)
-    stem = name.removesuffix(SUFFIX)
+    number = parse_manifest_name(posixpath.basename(ref.path))
     if (
         not isinstance(root, str)
         or not isinstance(kg, list)
-        or ref.path != join(root, "manifest", name)
-        or not (stem.isdigit() and name.endswith(SUFFIX))
+        or number is None
+        or ref.path != manifest_path(root, number)
     ):
         raise InvalidHandleError(f"malformed {NAME} store handle: {handle!r:.200}")
     expected = [context.key_group_range.start, context.key_group_range.end]
@@ -214,4 +213,4 @@ def _check_handle(handle: StoreHandle, context: StoreContext) -> tuple[str, int]
             f"{NAME} handle is for key groups {kg}, this store owns {expected}"
         )
     read_verified(ref, context.storage_options)  # Missing/CorruptCheckpointError
-    return root, int(stem)
+    return root, number

@@ -22,8 +22,8 @@ The footer, the fixed-size end of a table file, locates the meta blocks:
 (all little-endian; the checksum is the xxh3-64 of the 64 bytes before it). The blocks are
 contiguous: data blocks from offset 0, then index, filter (size 0: no filter), properties, footer.
 
-Decoded maps (properties, and the specs and metadata the LSM exchanges as msgpack) are checked
-field by field with `read_fields`, whose errors name the field.
+Decoded maps (properties, and the table metadata and options that manifests and tables store as
+msgpack) are checked field by field with `read_fields`, whose errors name the field.
 """
 
 import struct

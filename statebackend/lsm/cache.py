@@ -13,7 +13,6 @@ Files are immutable and names never reused, so a cached copy never goes stale.
 """
 
 import os
-import posixpath
 import shutil
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 
 import fsspec
 
+from statebackend.lsm.files import table_path
 from statebackend.lsm.table import FsFileSource, TableMeta, TableReader
 
 
@@ -176,10 +176,6 @@ class CachedSource:
             except FileNotFoundError:
                 pass  # evicted between lookup and open: read the DFS instead
         return self.fs.cat_file(self.path, start=offset, end=offset + length)
-
-
-def table_path(root_path: str, name: str) -> str:
-    return posixpath.join(root_path, "tables", name)
 
 
 class TableCache:

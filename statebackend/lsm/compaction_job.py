@@ -1,12 +1,14 @@
 """A compaction as data (`CompactionSpec` in, `CompactionResult` out) and the one pure function,
 `run_compaction`, that turns one into the other. The local compactor and the remote compaction
-service run the same function; specs and results cross process and network boundaries as
-msgpack-friendly dicts (bytes stay bytes), versioned and validated field by field.
+service run the same function. Specs and results are pickled between the processes of one
+machine; over the network they travel as the compaction service's protobuf messages
+(`compaction_service/proto`), the one wire format.
 
-`run_compaction` reads only the table files the spec names (under `db_root/tables/`), merges them
-newest first, drops what the spec allows it to drop, and writes new, uniquely named tables under
-`db_root/tables/`. It changes nothing else: installing the result (or deleting its outputs) is the
-DB's job. On any error it deletes the outputs it wrote and re-raises.
+`run_compaction` reads only the table files the spec names (in the DB's tables folder), merges
+them newest first, drops what the spec allows it to drop, and writes new tables named under the
+spec's output prefix (`files.compaction_output_name`). It changes nothing else: installing the
+result or deleting its outputs is the DB's job (docs/lsm-protocol.md). On any error it deletes
+the outputs it wrote and re-raises.
 
 Dropping rules, applied to the newest entry of each key (older ones are shadowed and always go):
 - a tombstone is dropped only when `bottommost` (no older data for the key can exist below);
@@ -14,8 +16,6 @@ Dropping rules, applied to the newest entry of each key (older ones are shadowed
   becomes a tombstone, so that an older value of the key in a deeper level does not reappear.
 """
 
-import posixpath
-import secrets
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +24,13 @@ from itertools import compress
 from typing import Any
 
 from statebackend import dfs
-from statebackend.lsm.block import read_field, read_fields, reject_unknown_fields
+from statebackend.lsm.files import (
+    compaction_output_name,
+    is_plain_name,
+    new_output_token,
+    table_path,
+    tables_dir,
+)
 from statebackend.lsm.merge import merge_batches
 from statebackend.lsm.table import (
     Batch,
@@ -39,21 +45,8 @@ from statebackend.ttl import expiry_of
 
 SPEC_VERSION = 1
 RESULT_VERSION = 1
-TABLES_DIR = "tables"
 _READAHEAD = 2 << 20  # bytes of consecutive data blocks read from an input at a time
 _PREFETCH_THREADS = 4
-
-
-def _check_version(data: Mapping[str, Any], expected: int, owner: str) -> None:
-    version = read_field(data, "version", int, owner)
-    if version != expected:
-        raise ValueError(f"{owner}: unsupported version {version} (this code reads {expected})")
-
-
-def _key_or_none(value: Any, owner: str, name: str) -> bytes | None:
-    if value is not None and not isinstance(value, bytes):
-        raise ValueError(f"{owner}: field {name!r} must hold bytes or None, got {value!r:.80}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -64,28 +57,18 @@ class CompactionInput:
     level: int
     tables: tuple[TableMeta, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"level": self.level, "tables": [t.to_dict() for t in self.tables]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CompactionInput":
-        owner = "CompactionInput"
-        reject_unknown_fields(data, cls.__dataclass_fields__, owner)
-        tables = read_field(data, "tables", (list, tuple), owner)
-        return cls(read_field(data, "level", int, owner), tuple(map(TableMeta.from_dict, tables)))
-
 
 @dataclass(frozen=True)
 class CompactionSpec:
     version: int  # SPEC_VERSION
     compaction_id: str
-    db_root: str  # fsspec URL of the DB root (tables under db_root/tables/)
+    db_root: str  # fsspec URL of the DB root (files.tables_dir: where the tables are)
     inputs: tuple[CompactionInput, ...]  # newest first (L0 before Ln before Ln+1)
     output_level: int
     target_file_size: int
     bottommost: bool  # no data older than the inputs exists for their keys: drop tombstones
     ttl_cutoff_ms: int | None  # entries with expiry <= cutoff are expired
-    output_prefix: str  # output names: f"{output_prefix}{random token}-{seq:04d}.sst"
+    output_prefix: str  # every output is named files.compaction_output_name(output_prefix, ...)
     table_options: TableOptions
     key_range: tuple[bytes | None, bytes | None] = (None, None)  # [start, end), None: unbounded
     score: float = 0.0  # priority hint for schedulers
@@ -100,64 +83,10 @@ class CompactionSpec:
         start, end = self.key_range
         if start is not None and end is not None and not start < end:
             raise ValueError(f"CompactionSpec: empty key_range {self.key_range}")
-        if "/" in self.output_prefix:
-            raise ValueError(f"CompactionSpec: output_prefix {self.output_prefix!r} contains '/'")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "compaction_id": self.compaction_id,
-            "db_root": self.db_root,
-            "inputs": [i.to_dict() for i in self.inputs],
-            "output_level": self.output_level,
-            "target_file_size": self.target_file_size,
-            "bottommost": self.bottommost,
-            "ttl_cutoff_ms": self.ttl_cutoff_ms,
-            "output_prefix": self.output_prefix,
-            "table_options": self.table_options.to_dict(),
-            "key_range": list(self.key_range),
-            "score": self.score,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CompactionSpec":
-        owner = "CompactionSpec"
-        reject_unknown_fields(data, cls.__dataclass_fields__, owner)
-        _check_version(data, SPEC_VERSION, owner)
-        key_range = read_field(data, "key_range", (list, tuple), owner)
-        if len(key_range) != 2:
-            raise ValueError(f"{owner}: field 'key_range' must have 2 items, got {len(key_range)}")
-        return cls(
-            version=SPEC_VERSION,
-            compaction_id=read_field(data, "compaction_id", str, owner),
-            db_root=read_field(data, "db_root", str, owner),
-            inputs=tuple(
-                map(CompactionInput.from_dict, read_field(data, "inputs", (list, tuple), owner))
-            ),
-            output_level=read_field(data, "output_level", int, owner),
-            target_file_size=read_field(data, "target_file_size", int, owner),
-            bottommost=read_field(data, "bottommost", bool, owner),
-            ttl_cutoff_ms=read_field(data, "ttl_cutoff_ms", (int, type(None)), owner),
-            output_prefix=read_field(data, "output_prefix", str, owner),
-            table_options=TableOptions.from_dict(read_field(data, "table_options", dict, owner)),
-            key_range=(
-                _key_or_none(key_range[0], owner, "key_range"),
-                _key_or_none(key_range[1], owner, "key_range"),
-            ),
-            score=float(read_field(data, "score", (float, int), owner)),
-        )
-
-
-_STATS_FIELDS = {
-    "input_entries": int,
-    "output_entries": int,
-    "dropped_tombstones": int,
-    "dropped_expired": int,
-    "input_bytes": int,
-    "output_bytes": int,
-    "cpu_seconds": (float, int),
-    "wall_seconds": (float, int),
-}
+        if not is_plain_name(self.output_prefix):
+            raise ValueError(
+                f"CompactionSpec: output_prefix {self.output_prefix!r} is not a plain file name"
+            )
 
 
 @dataclass(frozen=True)
@@ -171,53 +100,20 @@ class CompactionStats:
     cpu_seconds: float  # process CPU time (time.process_time) spent in run_compaction
     wall_seconds: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _STATS_FIELDS}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CompactionStats":
-        fields = read_fields(data, _STATS_FIELDS, "CompactionStats")
-        fields["cpu_seconds"] = float(fields["cpu_seconds"])
-        fields["wall_seconds"] = float(fields["wall_seconds"])
-        return cls(**fields)
-
 
 @dataclass(frozen=True)
 class CompactionResult:
-    """What a compaction produced. `remote` says where it ran: a compactor that got the result
-    from a compaction service sets it (`dataclasses.replace`); it is not part of the serialized
-    form, since only the receiver knows where the result came from."""
+    """What a compaction produced (`files.validate_result` checks it against its spec).
+
+    `remote` says where it ran: a compactor that got the result from a compaction service sets it
+    (`dataclasses.replace`); it is not sent over the wire, since only the receiver knows where
+    the result came from."""
 
     version: int  # RESULT_VERSION
     compaction_id: str
     outputs: tuple[TableMeta, ...]  # ascending, non-overlapping key ranges
     stats: CompactionStats
     remote: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "compaction_id": self.compaction_id,
-            "outputs": [t.to_dict() for t in self.outputs],
-            "stats": self.stats.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CompactionResult":
-        owner = "CompactionResult"
-        reject_unknown_fields(data, _SERIALIZED_RESULT_FIELDS, owner)
-        _check_version(data, RESULT_VERSION, owner)
-        return cls(
-            version=RESULT_VERSION,
-            compaction_id=read_field(data, "compaction_id", str, owner),
-            outputs=tuple(
-                map(TableMeta.from_dict, read_field(data, "outputs", (list, tuple), owner))
-            ),
-            stats=CompactionStats.from_dict(read_field(data, "stats", dict, owner)),
-        )
-
-
-_SERIALIZED_RESULT_FIELDS = ("version", "compaction_id", "outputs", "stats")
 
 
 class _CountingSource(FsFileSource):
@@ -243,8 +139,8 @@ class _Job:
     def __init__(self, spec: CompactionSpec, storage_options: Mapping[str, Any], creator: str):
         self.spec = spec
         self.creator = creator
-        self.fs, self.dir = dfs.filesystem(dfs.join(spec.db_root, TABLES_DIR), storage_options)
-        self.token = secrets.token_hex(8)  # outputs of a retried or duplicated run never collide
+        self.fs, self.root = dfs.filesystem(spec.db_root, storage_options)
+        self.token = new_output_token()  # outputs of a retried or duplicated run never collide
         self.sources: list[_CountingSource] = []
         self.outputs: list[TableMeta] = []
         self.written: list[str] = []  # every output path created, including the open one
@@ -284,7 +180,7 @@ class _Job:
                 end is not None and meta.smallest >= end
             ):
                 continue
-            source = _CountingSource(self.fs, posixpath.join(self.dir, meta.name), meta.size)
+            source = _CountingSource(self.fs, table_path(self.root, meta.name), meta.size)
             self.sources.append(source)
             reader = TableReader(source, meta.name)
             for batch in reader.iter_batches(start, end, _READAHEAD, self.prefetch):
@@ -336,9 +232,9 @@ class _Job:
     def open_output(self) -> None:
         spec = self.spec
         if not self.written:
-            self.fs.makedirs(self.dir, exist_ok=True)
-        name = f"{spec.output_prefix}{self.token}-{len(self.written):04d}.sst"
-        path = posixpath.join(self.dir, name)
+            self.fs.makedirs(tables_dir(self.root), exist_ok=True)
+        name = compaction_output_name(spec.output_prefix, self.token, len(self.written))
+        path = table_path(self.root, name)
         self.written.append(path)
         self.sink = self.fs.open(path, "wb")
         self.builder = TableBuilder(
@@ -369,7 +265,7 @@ def run_compaction(
     storage_options: Mapping[str, Any] | None = None,
     creator: str | None = None,
 ) -> CompactionResult:
-    """Runs `spec`: merges its inputs into new tables under `db_root/tables/`, returns them.
+    """Runs `spec`: merges its inputs into new tables in the DB's tables folder, returns them.
 
     `creator` is recorded in the outputs (default "compaction:<id>"; a remote worker may pass
     "remote:<host>"). On any error, deletes the outputs it wrote and re-raises.

@@ -6,7 +6,9 @@ the futures from its background thread and installs results (see db.py for the i
 A remote compactor (the compaction service's client) implements the same interface.
 
 `CompactionRegistry` is the DB's book of started compactions: which are registered (their result
-may be installed), which were abandoned (cancelled or timed out: their outputs get deleted).
+may be installed), which were abandoned (cancelled or timed out: their outputs get deleted), and
+which output prefixes the garbage collector must keep (docs/lsm-protocol.md, "Protection of
+in-flight outputs").
 
 A compaction mode names how a backend gets its compactor: `local` is built in; the runtime
 registers `remote` (the compaction service's client) with `register_compaction_mode`, so this
@@ -28,9 +30,10 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -80,8 +83,10 @@ class LocalCompactor:
         return ThreadPoolExecutor(self.workers, thread_name_prefix="lsm-compaction")
 
     @classmethod
-    def for_protocols(cls, protocols: tuple[str, ...], workers: int = 2) -> "LocalCompactor":
-        return cls(workers, processes=not IN_PROCESS_PROTOCOLS.intersection(protocols))
+    def for_protocols(cls, protocols: str | tuple[str, ...], workers: int = 2) -> "LocalCompactor":
+        """For a DB on a file system of `protocols` (an fsspec `protocol` attribute)."""
+        names = (protocols,) if isinstance(protocols, str) else protocols
+        return cls(workers, processes=not IN_PROCESS_PROTOCOLS.intersection(names))
 
     def submit(
         self, spec: CompactionSpec, storage_options: Mapping[str, Any]
@@ -195,12 +200,20 @@ class CompactionRegistry:
         self._lock = threading.Lock()
         self.running: dict[str, Running] = {}
         self._abandoned: list[Running] = []
+        self._held: set[str] = set()  # prefixes of compactions being submitted or finished
 
     def submit(self, spec: CompactionSpec, pick: Pick, done: "Future[None] | None") -> None:
-        future = self.compactor.submit(spec, self.storage_options)
-        r = Running(spec, pick, future, time.monotonic() + self.timeout_s, done)
+        """Start `spec`; its prefix is protected from before the compactor can write under it."""
         with self._lock:
-            self.running[spec.compaction_id] = r
+            self._held.add(spec.output_prefix)
+        try:
+            future = self.compactor.submit(spec, self.storage_options)
+            r = Running(spec, pick, future, time.monotonic() + self.timeout_s, done)
+            with self._lock:
+                self.running[spec.compaction_id] = r
+        finally:
+            with self._lock:
+                self._held.discard(spec.output_prefix)
         future.add_done_callback(lambda _: self.on_done())
 
     def conflicts(self) -> tuple[set[str], list[Reservation]]:
@@ -212,8 +225,11 @@ class CompactionRegistry:
         return busy, reserved
 
     def protected_prefixes(self) -> tuple[str, ...]:
+        """The output prefixes of the registered compactions and of those being submitted or
+        finished (see `finishing`)."""
         with self._lock:
-            return tuple(r.spec.output_prefix for r in self.running.values())
+            running = (r.spec.output_prefix for r in self.running.values())
+            return (*self._held, *running)
 
     def abandon(self, compaction_id: str, why: str, level: int = logging.WARNING) -> bool:
         with self._lock:
@@ -235,9 +251,23 @@ class CompactionRegistry:
         with self._lock:
             return self.running.pop(r.spec.compaction_id, None) is r
 
-    def reap(self) -> tuple[list[Running], list[CompactionResult]]:
-        """Abandon timed-out compactions; return the finished registered ones and the results
-        of finished abandoned ones (whose outputs the caller deletes)."""
+    @contextmanager
+    def finishing(self, r: Running) -> Iterator[bool]:
+        """Unregister a compaction that finished with a result, yielding whether it was still
+        registered; its prefix stays protected until the block (installing the result or
+        deleting its outputs) ends."""
+        with self._lock:
+            self._held.add(r.spec.output_prefix)
+            registered = self.running.pop(r.spec.compaction_id, None) is r
+        try:
+            yield registered
+        finally:
+            with self._lock:
+                self._held.discard(r.spec.output_prefix)
+
+    def reap(self) -> tuple[list[Running], list[CompactionSpec]]:
+        """Abandon timed-out compactions; return the finished registered ones and the specs of
+        the abandoned ones that finished with a result (whose outputs the caller deletes)."""
         now = time.monotonic()
         with self._lock:
             late = [c for c, r in self.running.items() if not r.future.done() and now > r.deadline]
@@ -247,18 +277,19 @@ class CompactionRegistry:
             finished = [r for r in self.running.values() if r.future.done()]
             gone = [r for r in self._abandoned if r.future.done()]
             self._abandoned = [r for r in self._abandoned if not r.future.done()]
-        results = [
-            r.future.result() for r in gone if not r.future.cancelled() and not r.future.exception()
+        produced = [
+            r.spec for r in gone if not r.future.cancelled() and r.future.exception() is None
         ]
-        return finished, results
+        return finished, produced
 
     def pending_abandoned(self) -> int:
         with self._lock:
             return len(self._abandoned)
 
-    def drain(self, timeout_s: float) -> list[CompactionResult]:
+    def drain(self, timeout_s: float) -> list[CompactionSpec]:
         """Abandon every compaction, wait up to `timeout_s` for the running ones to stop, and
-        return the results of those that finished (whose outputs the caller deletes)."""
+        return the specs of those that finished with a result (whose outputs the caller
+        deletes)."""
         with self._lock:
             ids = list(self.running)
         for compaction_id in ids:
@@ -268,7 +299,7 @@ class CompactionRegistry:
         # A cancelled future that no executor owns never counts as done for `wait`: skip those.
         wait([r.future for r in abandoned if not r.future.cancelled()], timeout=timeout_s)
         return [
-            r.future.result()
+            r.spec
             for r in abandoned
             if r.future.done() and not r.future.cancelled() and r.future.exception() is None
         ]

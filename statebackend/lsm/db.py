@@ -17,19 +17,16 @@ Threads and invariants:
   re-picking, after a back-off that doubles per consecutive failure (from `retry_backoff_s`); a
   manual compaction waits through the retries. After MAX_COMPACTION_FAILURES in a row the DB
   stops with a sticky `CompactionError` naming it.
-- Compaction results are installed only while their compaction is registered (see
-  compactor.CompactionRegistry) and all their inputs are still in the current version; otherwise
-  their outputs are deleted. Installed compactions are counted as remote when their result says
-  it ran on a compaction service (`CompactionResult.remote`).
+- Files are named, protected, installed or deleted by the rules of docs/lsm-protocol.md (with
+  `files`); an invalid result counts as a failed compaction. Installed compactions are counted
+  as remote when their result says it ran on a compaction service (`CompactionResult.remote`).
 - TTL: a compaction's TTL cut-off is the time of the DB's `clock` (the backend's), not wall time.
 """
 
 import logging
-import posixpath
 import tempfile
 import threading
 import time
-import uuid
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
@@ -38,20 +35,14 @@ from typing import Any, TypeVar
 
 import xxhash
 
-from statebackend.dfs import FileRef, filesystem, join
+from statebackend.dfs import FileRef, filesystem
 from statebackend.errors import CompactionError, MissingCheckpointDataError
-from statebackend.lsm.cache import CacheStats, TableCache, table_path
-from statebackend.lsm.compaction_job import CompactionResult
+from statebackend.lsm import files
+from statebackend.lsm.cache import CacheStats, TableCache
+from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec
 from statebackend.lsm.compactor import CompactionRegistry, Compactor, LocalCompactor, Running
 from statebackend.lsm.gc import GarbageCollector, GcResult
-from statebackend.lsm.manifest import (
-    Manifest,
-    ManifestStore,
-    ManifestWriter,
-    encode,
-    list_names,
-    manifest_name,
-)
+from statebackend.lsm.manifest import Manifest, ManifestStore, ManifestWriter, encode
 from statebackend.lsm.memtable import Memtable
 from statebackend.lsm.merge import merge_runs
 from statebackend.lsm.options import LsmOptions
@@ -92,7 +83,7 @@ class LsmDB:
         self._clock = clock
         self.storage_options = dict(storage_options or {})
         self.fs, self._root_path = filesystem(self.root, self.storage_options)
-        self.fs.makedirs(posixpath.join(self._root_path, "tables"), exist_ok=True)
+        self.fs.makedirs(files.tables_dir(self._root_path), exist_ok=True)
         self._manifests = ManifestStore(self.fs, self._root_path, o.num_levels)
         self._writer = ManifestWriter.open(self._manifests)
         version, pins = self._initial_version(restore_manifest, fresh)
@@ -117,7 +108,7 @@ class LsmDB:
         )
         self._own_compactor = compactor is None
         self.compactor: Compactor = compactor or LocalCompactor.for_protocols(
-            _protocols(self.fs), o.compaction_workers
+            self.fs.protocol, o.compaction_workers
         )
         self._picker = Picker(
             PickerOptions(
@@ -163,8 +154,7 @@ class LsmDB:
 
     def _read_checkpoint_manifest(self, number: int) -> Manifest:
         base = self._manifests.read_checkpoint(number)
-        present = list_names(self.fs, posixpath.join(self._root_path, "tables"))
-        missing = base.version.names().difference(present)
+        missing = base.version.names().difference(files.list_tables(self.fs, self._root_path))
         if missing:
             raise MissingCheckpointDataError(
                 f"{self.root}: manifest {number} references missing tables {sorted(missing)[:5]}"
@@ -298,7 +288,7 @@ class LsmDB:
         self.flush()
         m = self._commit(None, pin=checkpoint_id)
         data = encode(m)  # deterministic: the bytes that were written
-        url = join(self.root, "manifest", manifest_name(m.number))
+        url = files.manifest_path(self.root, m.number)
         return FileRef(url, len(data), xxhash.xxh3_64_hexdigest(data))
 
     def release_checkpoint(self, checkpoint_id: int) -> None:
@@ -360,6 +350,9 @@ class LsmDB:
 
     def collect_garbage(self) -> GcResult:
         with self._gc_lock:
+            # List first: a table written after the listing is not a candidate, and one written
+            # before it is live or protected in what is taken next (docs/lsm-protocol.md).
+            listed = files.list_tables(self.fs, self._root_path)
             with self._lock:
                 in_use = self._version.names()
                 for v, _ in self._in_use.values():
@@ -367,7 +360,7 @@ class LsmDB:
                 protected = self._compactions.protected_prefixes()
                 if self._flushing is not None:
                     protected += (self._flushing,)
-            result = self._gc.collect(self.epoch, in_use, protected)
+            result = self._gc.collect(self.epoch, in_use, protected, listed)
         for name in result.deleted_tables:
             self._tables.evict(name)
         return result
@@ -385,8 +378,8 @@ class LsmDB:
         self._thread.join()
         # A compactor outlives the DB when it is shared: wait for this DB's running work, so no
         # compaction writes below the root after close, and delete what it wrote.
-        for result in self._compactions.drain(self.o.compaction_timeout_s):
-            self._delete_outputs(result)
+        for spec in self._compactions.drain(self.o.compaction_timeout_s):
+            self._delete_outputs(spec)
         for request in self._manual:
             request.set_exception(RuntimeError(f"LSM DB {self.root} closed"))
         if self._own_compactor:
@@ -438,10 +431,10 @@ class LsmDB:
 
         def write() -> TableMeta:
             self._seq += 1
-            name = f"{self.epoch:06d}-f{self._seq:06d}-{uuid.uuid4().hex[:12]}.sst"
+            name = files.flush_table_name(self.epoch, self._seq)
             with self._lock:
                 self._flushing = name
-            path = table_path(self._root_path, name)
+            path = files.table_path(self._root_path, name)
             try:
                 with self.fs.open(path, "wb") as sink:
                     builder = TableBuilder(sink, self.o.table, "flush", name)
@@ -531,38 +524,55 @@ class LsmDB:
             self._wake_locked()
 
     def _reap(self) -> None:
-        finished, abandoned_results = self._compactions.reap()
-        for result in abandoned_results:
-            self._delete_outputs(result)
+        finished, abandoned = self._compactions.reap()
+        for spec in abandoned:
+            self._delete_outputs(spec)
         for r in finished:
             self._finish(r)
 
     def _finish(self, r: Running) -> None:
-        """Install a finished compaction if it is still registered and its inputs are live."""
+        """Install a finished compaction's result, or delete its outputs (docs/lsm-protocol.md,
+        "Install or delete"); its prefix stays protected until one or the other is done."""
+        spec = r.spec
         try:
             result = r.future.result()
         except Exception as e:  # noqa: BLE001 - a failed compaction is retried by the picker
             if self._compactions.unregister(r):  # else abandoned meanwhile, and reported so
-                self._compaction_failed(r.spec.compaction_id, r.done, e)
+                self._compaction_failed(spec.compaction_id, r.done, e)
             return
-        registered = self._compactions.unregister(r)
+        with self._compactions.finishing(r) as registered:
+            self._install_or_delete(r, result, registered)
+
+    def _install_or_delete(self, r: Running, result: CompactionResult, registered: bool) -> None:
+        spec = r.spec
+        if not registered:
+            log.warning("compaction %s was abandoned; deleting its outputs", spec.compaction_id)
+            self._delete_outputs(spec)
+            return
+        try:
+            files.validate_result(spec, result)
+        except ValueError as e:
+            log.error("compaction %s returned an invalid result: %s", spec.compaction_id, e)
+            self._delete_outputs(spec)
+            self._compaction_failed(spec.compaction_id, r.done, e)
+            return
         with self._lock:
             live = {(n, t.name) for n, t in self._version.tables()}
             inputs_live = all((i.level, t.name) in live for i in r.pick.inputs for t in i.tables)
-        if not (registered and inputs_live):
-            log.warning("compaction %s is stale; deleting its outputs", r.spec.compaction_id)
-            self._delete_outputs(result)
+        if not inputs_live:
+            log.warning("compaction %s is stale; deleting its outputs", spec.compaction_id)
+            self._delete_outputs(spec)
             return
         edit = VersionEdit(
             removed=tuple((i.level, t.name) for i in r.pick.inputs for t in i.tables),
-            added=tuple((r.spec.output_level, t) for t in result.outputs),
+            added=tuple((spec.output_level, t) for t in result.outputs),
         )
         try:
             self._commit(edit)
         except OSError as e:
             # The outputs may be referenced by a manifest whose write only seemed to fail: leave
             # them to the garbage collector, which keeps what the retained manifests reference.
-            self._compaction_failed(r.spec.compaction_id, r.done, e)
+            self._compaction_failed(spec.compaction_id, r.done, e)
             return
         self._compaction_failures = 0
         self.compactions_installed += 1
@@ -571,7 +581,7 @@ class LsmDB:
         self.compaction_cpu_seconds[ran] += result.stats.cpu_seconds
         if r.done is not None:
             r.done.set_result(None)
-        log.info("compaction %s installed %d outputs", r.spec.compaction_id, len(result.outputs))
+        log.info("compaction %s installed %d outputs", spec.compaction_id, len(result.outputs))
 
     def _compaction_failed(
         self, compaction_id: str, done: "Future[None] | None", e: BaseException
@@ -594,18 +604,9 @@ class LsmDB:
         log.warning("compaction %s failed (%d in a row), retrying in %.3fs: %s", compaction_id,
                     failures, delay, why)
 
-    def _delete_outputs(self, result: CompactionResult) -> None:
-        for t in result.outputs:
-            try:
-                self.fs.rm_file(table_path(self._root_path, t.name))
-            except OSError as e:
-                log.warning("could not delete %s (garbage collection will): %s", t.name, e)
+    def _delete_outputs(self, spec: CompactionSpec) -> None:
+        files.delete_outputs(self.fs, self._root_path, spec.output_prefix)
 
 
 def _overlaps(t: TableMeta, start: bytes | None, end: bytes | None) -> bool:
     return (start is None or t.largest >= start) and (end is None or t.smallest < end)
-
-
-def _protocols(fs: Any) -> tuple[str, ...]:
-    p = fs.protocol
-    return (p,) if isinstance(p, str) else tuple(p)

@@ -1,30 +1,20 @@
 """Garbage collection of a DB's files on the DFS.
 
-What is live (never deleted):
-- every table of the last `manifest_retention` manifests (so that opening can fall back to an
-  older manifest when the newest is damaged) and of every pinned manifest (retained checkpoints),
-  pins being read from all of those manifests;
-- the tables the caller names as in use (the current in-memory version, versions held by open
-  iterators) and names that start with a protected prefix (flushes and compactions in flight).
-
-Manifests older than the retention window are deleted unless pinned. A table that is not live is
-deleted only after it has been seen unreferenced for `grace_s` seconds by this collector: that
-covers files written but not yet committed by anyone, e.g. outputs of a remote compaction that
-is still running elsewhere, and removes outputs of abandoned compactions once the grace expires.
-
-Before deleting anything the collector checks that the newest readable manifest belongs to its own
-epoch, so a fenced zombie cannot delete a newer writer's files.
+The rules (what is live, what a protected prefix keeps, the grace period, and why a fenced or
+older writer deletes nothing of a newer one) are stated in docs/lsm-protocol.md, "Garbage
+collection and the grace period"; `collect` implements them. Names, protection and deletion
+come from `files`.
 """
 
 import logging
-import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import fsspec
 
-from statebackend.lsm.manifest import CorruptManifestError, FencedError, ManifestStore, list_names
+from statebackend.lsm.files import delete_table, is_protected, list_tables, written_by_newer_epoch
+from statebackend.lsm.manifest import CorruptManifestError, FencedError, ManifestStore
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +39,7 @@ class GarbageCollector:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fs = fs
-        self.tables_dir = posixpath.join(root_path, "tables")
+        self.root_path = root_path
         self.manifests = manifests
         self.grace_s = grace_s
         self.retention = max(1, manifest_retention)
@@ -59,8 +49,16 @@ class GarbageCollector:
         self._manifest_info: dict[int, tuple[frozenset[str], frozenset[int], int]] = {}
 
     def collect(
-        self, epoch: int, in_use: set[str], protected_prefixes: tuple[str, ...]
+        self,
+        epoch: int,
+        in_use: set[str],
+        protected_prefixes: tuple[str, ...],
+        listed: Iterable[str] | None = None,
     ) -> GcResult:
+        """Collect as the writer of `epoch`. `listed`: the table names present, listed before
+        `in_use` and `protected_prefixes` were taken (default: listed now, for a caller whose
+        tables cannot change meanwhile)."""
+        names = list_tables(self.fs, self.root_path) if listed is None else list(listed)
         numbers = self.manifests.numbers()
         retained = numbers[-self.retention :]
         pins: set[int] = set()
@@ -89,7 +87,7 @@ class GarbageCollector:
                 self.manifests.delete(number)
                 self._manifest_info.pop(number, None)
                 deleted_manifests.append(number)
-        return self._sweep(live, protected_prefixes, tuple(deleted_manifests))
+        return self._sweep(names, epoch, live, protected_prefixes, tuple(deleted_manifests))
 
     def _read(self, number: int) -> tuple[frozenset[str], frozenset[int], int] | None:
         info = self._manifest_info.get(number)
@@ -103,20 +101,26 @@ class GarbageCollector:
         return info
 
     def _sweep(
-        self, live: set[str], protected: tuple[str, ...], deleted_manifests: tuple[int, ...]
+        self,
+        names: list[str],
+        epoch: int,
+        live: set[str],
+        protected: tuple[str, ...],
+        deleted_manifests: tuple[int, ...],
     ) -> GcResult:
         now = self.clock()
         seen: dict[str, float] = {}
         deleted = []
-        for name in list_names(self.fs, self.tables_dir):
-            if name in live or name.startswith(protected):
+        for name in names:
+            if (
+                name in live
+                or is_protected(name, protected)
+                or written_by_newer_epoch(name, epoch)
+            ):
                 continue
             since = self._unreferenced_since.get(name, now)
             if now - since >= self.grace_s:
-                try:
-                    self.fs.rm_file(posixpath.join(self.tables_dir, name))
-                except FileNotFoundError:
-                    pass
+                delete_table(self.fs, self.root_path, name)
                 deleted.append(name)
             else:
                 seen[name] = since

@@ -1,29 +1,20 @@
 """Manifest versions on the DFS, writer epochs and fencing.
 
-Each committed version of a DB is one immutable file `ROOT/manifest/<number>.manifest` (number
-zero-padded to 12 digits) holding the whole version, not a delta, so any single file is enough to
-open the DB. Its format:
+Each committed version of a DB is one immutable file `ROOT/manifest/<number>.manifest` (the name
+and folder: `files.manifest_path`) holding the whole version, not a delta, so any single file is
+enough to open the DB. Its format:
 
     payload  msgpack map {format, number, epoch, writer, created_ms, levels, pins}
     footer   magic b"LSMMANI1" | payload length u64-be | xxh3-64(payload) u64-be
 
-- The current version is the highest-numbered manifest that parses and verifies. No rename is
-  needed (object stores have none): a new version is a new number, created with an exclusive create
-  ("xb"), so two writers can never both commit the same number.
-- A truncated or corrupted manifest (a crash in the middle of a write) is skipped with a warning;
-  the previous good one is used. A reader therefore needs the tables of the last few manifests, and
-  the garbage collector keeps them (see gc.py).
-- Writer epochs fence zombies. Opening a DB for writing picks an epoch above every epoch seen and
-  commits a manifest at once. A writer that finds its next number taken by a manifest of a newer
-  (or equal but foreign) epoch, or by one it cannot read, raises `FencedError` and never commits
-  again. Since every commit of a live writer takes the next free number, a zombie's next commit
-  always collides with a number the new writer has taken.
-- `pins` maps checkpoint id -> manifest number: the versions that retained checkpoints use. A pin is
-  part of the committed state, so it survives a crash of the process.
+`levels` lists each level's `TableMeta` dicts; `pins` maps checkpoint id -> manifest number.
+
+The rules this module implements are stated in docs/lsm-protocol.md: how the current version is
+found and how a damaged manifest is skipped ("Manifests"), how a writer's epoch is chosen and how
+a zombie writer is fenced ("Writer epochs and fencing"), and what a pin keeps ("Checkpoint pins").
 """
 
 import logging
-import posixpath
 import time
 import uuid
 from collections.abc import Mapping
@@ -34,6 +25,13 @@ import msgpack
 import xxhash
 
 from statebackend.errors import CorruptCheckpointError, MissingCheckpointDataError
+from statebackend.lsm.files import (
+    list_names,
+    manifest_dir,
+    manifest_name,
+    manifest_path,
+    parse_manifest_name,
+)
 from statebackend.lsm.version import Version
 
 log = logging.getLogger(__name__)
@@ -41,11 +39,8 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 MAGIC = b"LSMMANI1"
 FOOTER_SIZE = len(MAGIC) + 16
-SUFFIX = ".manifest"
-NUMBER_DIGITS = 12
 # How many of the newest manifests are read to find the highest epoch when a writer opens.
 EPOCH_SCAN = 16
-LIST_ATTEMPTS = 5
 
 
 class CorruptManifestError(Exception):
@@ -66,33 +61,6 @@ class Manifest:
     version: Version
     pins: Mapping[int, int] = field(default_factory=dict)  # checkpoint id -> manifest number
     created_ms: int = 0
-
-
-def list_names(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
-    """The file names in `directory` as the store has them now ([] when it does not exist).
-
-    Listing caches (s3fs keeps one) are dropped first: other processes write here too.
-    """
-    fs.invalidate_cache(directory)
-    for _ in range(LIST_ATTEMPTS - 1):
-        try:
-            return _names(fs, directory)
-        except KeyError:
-            # fsspec's memory file system lists a copy of its keys, then looks each one up: a
-            # file deleted by another thread in between raises KeyError. List again.
-            continue
-    return _names(fs, directory)
-
-
-def _names(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
-    try:
-        return [posixpath.basename(p.rstrip("/")) for p in fs.ls(directory, detail=False)]
-    except FileNotFoundError:
-        return []
-
-
-def manifest_name(number: int) -> str:
-    return f"{number:0{NUMBER_DIGITS}d}{SUFFIX}"
 
 
 def encode(m: Manifest) -> bytes:
@@ -148,21 +116,18 @@ class ManifestStore:
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root_path: str, num_levels: int) -> None:
         self.fs = fs
-        self.dir = posixpath.join(root_path, "manifest")
+        self.root_path = root_path
+        self.dir = manifest_dir(root_path)
         self.num_levels = num_levels
         fs.makedirs(self.dir, exist_ok=True)
 
     def path(self, number: int) -> str:
-        return posixpath.join(self.dir, manifest_name(number))
+        return manifest_path(self.root_path, number)
 
     def numbers(self) -> list[int]:
         """All manifest numbers present, ascending (valid or not)."""
-        out = []
-        for base in list_names(self.fs, self.dir):
-            stem = base[: -len(SUFFIX)]
-            if base.endswith(SUFFIX) and len(stem) == NUMBER_DIGITS and stem.isdigit():
-                out.append(int(stem))
-        return sorted(out)
+        numbers = map(parse_manifest_name, list_names(self.fs, self.dir))
+        return sorted(n for n in numbers if n is not None)
 
     def read(self, number: int) -> Manifest:
         """Raises FileNotFoundError or CorruptManifestError."""
@@ -219,7 +184,7 @@ class ManifestStore:
 
 
 class ManifestWriter:
-    """Commits versions for one writer epoch; see the module docstring for the fencing rules.
+    """Commits versions for one writer epoch, fenced as docs/lsm-protocol.md states.
 
     Not thread-safe: the DB serializes commits.
     """

@@ -17,10 +17,10 @@ The highest-scoring level that can be compacted without conflicting with running
   may tombstones be dropped without resurrecting older values.
 """
 
-import uuid
 from dataclasses import dataclass
 
 from statebackend.lsm.compaction_job import SPEC_VERSION, CompactionInput, CompactionSpec
+from statebackend.lsm.files import compaction_prefix, new_compaction_id
 from statebackend.lsm.table import TableMeta, TableOptions
 from statebackend.lsm.version import Version
 
@@ -71,9 +71,10 @@ class Pick:
         table_options: TableOptions,
         now_ms: int,
     ) -> CompactionSpec:
-        """The spec to run this pick: a fresh id, outputs "<epoch>-c<id>-...", and `now_ms` (the
-        time of the DB's clock, which decides TTL) as the TTL cut-off."""
-        cid = uuid.uuid4().hex[:16]
+        """The spec to run this pick: a fresh id, its outputs named under the compaction prefix
+        of `epoch` and that id, and `now_ms` (the time of the DB's clock, which decides TTL) as
+        the TTL cut-off."""
+        cid = new_compaction_id()
         return CompactionSpec(
             version=SPEC_VERSION,
             compaction_id=cid,
@@ -83,7 +84,7 @@ class Pick:
             target_file_size=target_file_size,
             bottommost=self.bottommost,
             ttl_cutoff_ms=now_ms,
-            output_prefix=f"{epoch:06d}-c{cid}-",
+            output_prefix=compaction_prefix(epoch, cid),
             table_options=table_options,
             score=self.score,
         )

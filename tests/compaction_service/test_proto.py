@@ -17,7 +17,15 @@ from compaction_service.convert import (
 )
 from compaction_service.proto import compaction_pb2 as pb
 from compaction_service.proto.generate import GENERATED, PROTO, REPO_ROOT, generate
-from statebackend.lsm.compaction_job import CompactionInput, run_compaction
+from statebackend.lsm.compaction_job import (
+    SPEC_VERSION,
+    CompactionInput,
+    CompactionResult,
+    CompactionSpec,
+    CompactionStats,
+    run_compaction,
+)
+from statebackend.lsm.table import TableMeta, TableOptions
 from tests.compaction_service.helpers import make_spec, set_spec_field, write_tables
 
 
@@ -54,6 +62,81 @@ def test_spec_and_result_round_trip(tmp_path: Path) -> None:
 def test_wrong_result_version_is_rejected() -> None:
     with pytest.raises(ValueError, match="result_version"):
         result_from_proto(pb.CompactionResult(result_version=7))
+
+
+def _full_spec() -> CompactionSpec:
+    meta = TableMeta("t.sst", 100, b"\x00", b"\xff", 3, 1, 99, "flush")
+    return CompactionSpec(
+        version=SPEC_VERSION,
+        compaction_id="c-7",
+        db_root="s3://bucket/db",
+        inputs=(CompactionInput(0, (meta, meta)), CompactionInput(3, (meta,))),
+        output_level=3,
+        target_file_size=1 << 26,
+        bottommost=True,
+        ttl_cutoff_ms=123,
+        output_prefix="000009-",
+        table_options=TableOptions(block_size=4096, bloom_bits_per_key=0),
+        key_range=(b"\x01", None),
+        score=2.5,
+    )
+
+
+def test_every_field_of_a_spec_and_a_result_survives_the_wire() -> None:
+    spec = _full_spec()
+    wire = pb.CompactionSpec.FromString(spec_to_proto(spec).SerializeToString())
+    assert spec_from_proto(wire) == spec
+    result = CompactionResult(
+        1, "c-7", spec.inputs[0].tables, CompactionStats(10, 8, 1, 1, 1000, 800, 0.5, 0.75)
+    )
+    answer = pb.CompactionResult.FromString(result_to_proto(result).SerializeToString())
+    assert result_from_proto(answer) == result
+
+
+def _clear(m: pb.CompactionSpec, field: str) -> None:
+    m.ClearField(field)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda m: setattr(m, "spec_version", 2), "unsupported spec_version 2"),
+        (lambda m: setattr(m, "compaction_id", ""), "'compaction_id' is empty"),
+        (lambda m: setattr(m, "db_root", ""), "'db_root' is empty"),
+        (lambda m: setattr(m, "output_prefix", ""), "'output_prefix' is empty"),
+        (lambda m: setattr(m, "output_prefix", "a/b"), "output_prefix 'a/b' is not a plain"),
+        (lambda m: setattr(m, "output_prefix", ".."), "output_prefix '..' is not a plain"),
+        (lambda m: _clear(m, "table_options"), "'table_options' is missing"),
+        (lambda m: setattr(m.table_options, "compression", "lz4"), "compression must be one"),
+        (lambda m: _clear(m, "inputs"), "no input tables"),
+        (lambda m: setattr(m.inputs[0].tables[0], "name", ""), "table meta without a name"),
+        (lambda m: setattr(m, "target_file_size", 0), "'target_file_size' is 0, outside"),
+        (lambda m: setattr(m.key_range, "end", b"\x00"), "empty key_range"),
+    ],
+)
+def test_a_malformed_spec_is_refused_naming_what_is_wrong(mutate, message: str) -> None:
+    m = spec_to_proto(_full_spec())
+    mutate(m)
+    with pytest.raises(ValueError, match=message):
+        spec_from_proto(m)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda m: setattr(m, "result_version", 0), "unsupported result_version 0"),
+        (lambda m: m.ClearField("stats"), "result without stats"),
+        (lambda m: setattr(m.outputs[0], "name", ""), "table meta without a name"),
+    ],
+)
+def test_a_malformed_result_is_refused_naming_what_is_wrong(mutate, message: str) -> None:
+    meta = TableMeta("t.sst", 100, b"a", b"b", 3, 1, None, "flush")
+    m = result_to_proto(
+        CompactionResult(1, "c", (meta,), CompactionStats(3, 3, 0, 0, 100, 100, 0.1, 0.1))
+    )
+    mutate(m)
+    with pytest.raises(ValueError, match=message):
+        result_from_proto(m)
 
 
 _NUMERIC = {

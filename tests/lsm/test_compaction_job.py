@@ -1,4 +1,5 @@
-"""run_compaction, the pure compaction function, and its serializable spec and result."""
+"""run_compaction, the pure compaction function, and its spec and result (their wire format,
+the compaction service's protobuf messages, is tested in tests/compaction_service/test_proto.py)."""
 
 import posixpath
 import random
@@ -7,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 
 import fsspec
-import msgpack
 import pytest
 
 from statebackend import ttl
@@ -17,7 +17,6 @@ from statebackend.lsm.compaction_job import (
     CompactionInput,
     CompactionResult,
     CompactionSpec,
-    CompactionStats,
     run_compaction,
 )
 from statebackend.lsm.table import (
@@ -291,81 +290,6 @@ def test_only_the_named_files_are_read(db: Db) -> None:
     db.fs.pipe_file(f"{db.tables}/junk.sst", b"not a table")
     result = run_compaction(_spec(db, [CompactionInput(0, (table,))]))
     assert _outputs(db, result) == [(b"a", _v(b"1"))]
-
-
-def _full_spec() -> CompactionSpec:
-    meta = TableMeta("t.sst", 100, b"\x00", b"\xff", 3, 1, 99, "flush")
-    return CompactionSpec(
-        version=SPEC_VERSION,
-        compaction_id="c-7",
-        db_root="s3://bucket/db",
-        inputs=(CompactionInput(0, (meta, meta)), CompactionInput(3, (meta,))),
-        output_level=3,
-        target_file_size=1 << 26,
-        bottommost=True,
-        ttl_cutoff_ms=123,
-        output_prefix="000009-",
-        table_options=TableOptions(block_size=4096, bloom_bits_per_key=0),
-        key_range=(b"\x01", None),
-        score=2.5,
-    )
-
-
-def _msgpack_round_trip(data: dict) -> dict:
-    return msgpack.unpackb(msgpack.packb(data, use_bin_type=True), raw=False)
-
-
-def test_spec_and_result_round_trip_through_msgpack() -> None:
-    spec = _full_spec()
-    assert CompactionSpec.from_dict(_msgpack_round_trip(spec.to_dict())) == spec
-    result = CompactionResult(
-        1,
-        "c-7",
-        spec.inputs[0].tables,
-        CompactionStats(10, 8, 1, 1, 1000, 800, 0.5, 0.75),
-    )
-    assert CompactionResult.from_dict(_msgpack_round_trip(result.to_dict())) == result
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"version": 2}, "unsupported version 2"),
-        ({"version": "1"}, "'version' must be int"),
-        ({"compaction_id": 7}, "'compaction_id' must be str"),
-        ({"bottommost": 1}, "'bottommost' must be bool"),
-        ({"ttl_cutoff_ms": "soon"}, "'ttl_cutoff_ms' must be int or None"),
-        ({"key_range": [b"a"]}, "'key_range' must have 2 items"),
-        ({"key_range": ["a", None]}, "'key_range' must hold bytes or None"),
-        ({"key_range": [b"b", b"a"]}, "empty key_range"),
-        ({"target_file_size": 0}, "target_file_size"),
-        ({"output_prefix": "a/b"}, "output_prefix"),
-        ({"inputs": "x"}, "'inputs' must be list or tuple"),
-        ({"inputs": [{"level": 0}]}, "missing field 'tables'"),
-        ({"inputs": [{"level": 0, "tables": [{"name": "x"}]}]}, "TableMeta: missing field"),
-        ({"table_options": {"block_size": 1}}, "TableOptions: missing field"),
-        ({"surprise": True}, "unknown fields"),
-    ],
-)
-def test_spec_from_dict_rejects_malformed_fields(change: dict, message: str) -> None:
-    data = _full_spec().to_dict() | change
-    with pytest.raises(ValueError, match=message):
-        CompactionSpec.from_dict(data)
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"version": 0}, "unsupported version 0"),
-        ({"outputs": [{}]}, "TableMeta: missing field"),
-        ({"stats": {"input_entries": 1}}, "CompactionStats: missing field"),
-        ({"stats": None}, "'stats' must be dict"),
-    ],
-)
-def test_result_from_dict_rejects_malformed_fields(change: dict, message: str) -> None:
-    result = CompactionResult(1, "c", (), CompactionStats(0, 0, 0, 0, 0, 0, 0.0, 0.0))
-    with pytest.raises(ValueError, match=message):
-        CompactionResult.from_dict(result.to_dict() | change)
 
 
 def test_stats_measure_time(db: Db) -> None:

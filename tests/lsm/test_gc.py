@@ -5,6 +5,7 @@ import uuid
 import fsspec
 import pytest
 
+from statebackend.lsm import files
 from statebackend.lsm.gc import GarbageCollector
 from statebackend.lsm.manifest import FencedError, ManifestStore, ManifestWriter
 from statebackend.lsm.table import TableMeta
@@ -109,3 +110,16 @@ def test_a_fenced_zombie_does_not_collect() -> None:
     with pytest.raises(FencedError):
         env.collect()
     assert env.files() == {"old.sst", "new.sst", "new-inflight.sst"}
+
+
+def test_tables_named_by_a_newer_epoch_are_never_collected() -> None:
+    """A newer writer may have written them and not committed them yet; its own collector
+    deletes them if they are garbage."""
+    env = Env(grace=0)
+    env.commit()
+    newer = files.flush_table_name(env.writer.epoch + 1, 1)
+    older = files.flush_table_name(env.writer.epoch - 1, 1)
+    env.table(newer)
+    env.table(older)
+    assert env.collect().deleted_tables == (older,)
+    assert env.files() == {newer}

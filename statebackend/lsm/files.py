@@ -1,0 +1,313 @@
+"""The files of an LSM DB: where they live, what they are called, and which may be deleted.
+
+This module is the one place that knows the directory layout, builds and parses every file name,
+decides whether a name is protected by an in-flight writer, deletes a compaction's outputs and
+checks a `CompactionResult` against its spec. The rules it implements (naming and uniqueness,
+protection, install or delete, garbage collection, epochs, pins) are stated in
+docs/lsm-protocol.md; other modules refer to that page instead of restating them.
+
+Layout below a DB root (an fsspec URL, or a path within its file system; functions taking `root`
+accept either):
+
+    ROOT/tables/<table name>          immutable table files (docs/lsm-table-format.md)
+    ROOT/manifest/<number>.manifest   immutable manifest versions (manifest.py)
+
+Names (`hex` is lower-case hexadecimal of the given length, drawn at random):
+
+    flush table         <epoch:06d>-f<seq:06d>-<hex 12>.sst
+    compaction prefix   <epoch:06d>-c<compaction id: hex 16>-
+    service run prefix  <compaction prefix>r<run: hex 8>s<piece>-
+    compaction output   <prefix><token: hex 16>-<seq:04d>.sst  (prefix: either prefix above)
+    manifest            <number:012d>.manifest
+
+Specs built elsewhere (tests, benchmarks) may use any plain prefix; outputs are then still named
+`<prefix><token>-<seq>.sst`, and everything here that works by prefix works with them.
+"""
+
+import logging
+import math
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import fsspec
+
+from statebackend.lsm.table import FOOTER_SIZE
+
+if TYPE_CHECKING:
+    from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec
+
+log = logging.getLogger(__name__)
+
+TABLES_DIR = "tables"
+MANIFEST_DIR = "manifest"
+TABLE_SUFFIX = ".sst"
+MANIFEST_SUFFIX = ".manifest"
+MANIFEST_DIGITS = 12
+FLUSH = "flush"
+COMPACTION = "compaction"
+LIST_ATTEMPTS = 5
+
+_EPOCH = r"(?P<epoch>\d{6,})"
+_FLUSH_NAME = re.compile(_EPOCH + r"-f(?P<seq>\d{6,})-[0-9a-f]{12}\.sst")
+_COMPACTION_PREFIX = _EPOCH + r"-c(?P<compaction_id>[0-9a-f]{16})-"
+# What follows a compaction's prefix in the name of one of its outputs.
+_OUTPUT_TAIL = r"(?:r(?P<run>[0-9a-f]{8})s(?P<piece>\d+)-)?[0-9a-f]{16}-(?P<seq>\d{4,})\.sst"
+_OUTPUT_NAME = re.compile(_COMPACTION_PREFIX + _OUTPUT_TAIL)
+_TAIL = re.compile(_OUTPUT_TAIL)
+_MANIFEST_NAME = re.compile(rf"\d{{{MANIFEST_DIGITS}}}" + re.escape(MANIFEST_SUFFIX))
+
+
+# ----------------------------------------------------------------------------------- layout
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def tables_dir(root: str) -> str:
+    return _join(root, TABLES_DIR)
+
+
+def table_path(root: str, name: str) -> str:
+    return _join(root, TABLES_DIR, name)
+
+
+def manifest_dir(root: str) -> str:
+    return _join(root, MANIFEST_DIR)
+
+
+def manifest_path(root: str, number: int) -> str:
+    return _join(root, MANIFEST_DIR, manifest_name(number))
+
+
+# ----------------------------------------------------------------------------------- names
+
+
+def flush_table_name(epoch: int, seq: int) -> str:
+    """The name of the `seq`th table flushed by the writer of `epoch`."""
+    return f"{epoch:06d}-f{seq:06d}-{secrets.token_hex(6)}{TABLE_SUFFIX}"
+
+
+def new_compaction_id() -> str:
+    return secrets.token_hex(8)
+
+
+def compaction_prefix(epoch: int, compaction_id: str) -> str:
+    """The prefix of every output of compaction `compaction_id` of the writer of `epoch`."""
+    return f"{epoch:06d}-c{compaction_id}-"
+
+
+def new_run_token() -> str:
+    """A compaction service run's token, for `service_run_prefix`."""
+    return secrets.token_hex(4)
+
+
+def service_run_prefix(prefix: str, run: str, piece: int) -> str:
+    """The prefix of piece `piece` of a compaction service's run `run` of the spec of `prefix`:
+    inside `prefix` (protected with it), and unique to that run and piece."""
+    return f"{prefix}r{run}s{piece}-"
+
+
+def new_output_token() -> str:
+    """A token drawn once per run of a compaction, for `compaction_output_name`."""
+    return secrets.token_hex(8)
+
+
+def compaction_output_name(prefix: str, token: str, seq: int) -> str:
+    """The name of output `seq` of the run `token` of a compaction writing under `prefix`."""
+    return f"{prefix}{token}-{seq:04d}{TABLE_SUFFIX}"
+
+
+def manifest_name(number: int) -> str:
+    return f"{number:0{MANIFEST_DIGITS}d}{MANIFEST_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class TableName:
+    """What a table name built here says about its file."""
+
+    kind: str  # FLUSH or COMPACTION
+    epoch: int  # of the writer that wrote it (for a compaction: that scheduled it)
+    seq: int  # a flush's number within its writer; an output's number within its run
+    compaction_id: str | None = None
+    run: str | None = None  # set when a compaction service wrote it: its run token ...
+    piece: int | None = None  # ... and the subcompaction
+
+
+def parse_table_name(name: str) -> TableName | None:
+    """The parts of a table name this module builds; None for any other name."""
+    m = _FLUSH_NAME.fullmatch(name)
+    if m is not None:
+        return TableName(FLUSH, int(m["epoch"]), int(m["seq"]))
+    m = _OUTPUT_NAME.fullmatch(name)
+    if m is None:
+        return None
+    piece = m["piece"]
+    return TableName(
+        COMPACTION,
+        int(m["epoch"]),
+        int(m["seq"]),
+        m["compaction_id"],
+        m["run"],
+        None if piece is None else int(piece),
+    )
+
+
+def parse_manifest_name(name: str) -> int | None:
+    """The number of a manifest file name; None for any other name."""
+    if _MANIFEST_NAME.fullmatch(name) is None:
+        return None
+    return int(name[:MANIFEST_DIGITS])
+
+
+def is_output_of(prefix: str, name: str) -> bool:
+    """Whether `name` is the name of an output of a compaction writing under `prefix` (also of a
+    compaction service run of it)."""
+    return name.startswith(prefix) and _TAIL.fullmatch(name[len(prefix) :]) is not None
+
+
+def is_plain_name(name: str) -> bool:
+    """A non-empty file name that stays inside its folder on every file system."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and not any(c in name for c in ("/", "\\", "\x00"))
+    )
+
+
+def is_protected(name: str, prefixes: Iterable[str]) -> bool:
+    """Whether in-flight work writing under one of `prefixes` (compaction prefixes and the names
+    of tables being flushed) owns the table `name`, so the garbage collector must keep it."""
+    return name.startswith(tuple(prefixes))
+
+
+def written_by_newer_epoch(name: str, epoch: int) -> bool:
+    """Whether `name` was written by a writer of an epoch above `epoch` (a newer incarnation)."""
+    parsed = parse_table_name(name)
+    return parsed is not None and parsed.epoch > epoch
+
+
+# ----------------------------------------------------------------------------------- files
+
+
+def list_names(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
+    """The file names in `directory` as the store has them now ([] when it does not exist).
+
+    Listing caches (s3fs keeps one) are dropped first: other processes write here too.
+    """
+    fs.invalidate_cache(directory)
+    for _ in range(LIST_ATTEMPTS - 1):
+        try:
+            return _names(fs, directory)
+        except KeyError:
+            # fsspec's memory file system lists a copy of its keys, then looks each one up: a
+            # file deleted by another thread in between raises KeyError. List again.
+            continue
+    return _names(fs, directory)
+
+
+def _names(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
+    try:
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(directory, detail=False)]
+    except FileNotFoundError:
+        return []
+
+
+def list_tables(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """The names of the table files below `root` (a path within `fs`)."""
+    return list_names(fs, tables_dir(root))
+
+
+def delete_table(fs: fsspec.AbstractFileSystem, root: str, name: str) -> bool:
+    """Delete table `name` below `root`; False when it was gone already (other errors raise)."""
+    try:
+        fs.rm_file(table_path(root, name))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def delete_outputs(fs: fsspec.AbstractFileSystem, root: str, prefix: str) -> list[str]:
+    """Delete every table below `root` whose name starts with `prefix` (a compaction's, or one
+    run's, outputs); returns the names deleted. Files it cannot delete are logged and left to the
+    garbage collector. Deleting by prefix also removes outputs a result does not name, and never
+    a file outside the prefix, whatever a result claims."""
+    if not is_plain_name(prefix):
+        raise ValueError(f"refusing to delete outputs by prefix {prefix!r}: not a plain file name")
+    try:
+        names = [n for n in list_tables(fs, root) if n.startswith(prefix)]
+    except OSError as e:
+        log.warning("could not list outputs %s* (garbage collection will delete them): %s",
+                    prefix, e)
+        return []
+    deleted = []
+    for name in names:
+        try:
+            if delete_table(fs, root, name):
+                deleted.append(name)
+        except OSError as e:
+            log.warning("could not delete %s (garbage collection will): %s", name, e)
+    if deleted:
+        log.info("deleted %d outputs named %s*", len(deleted), prefix)
+    return deleted
+
+
+# ----------------------------------------------------------------------------------- results
+
+
+def validate_result(spec: "CompactionSpec", result: "CompactionResult") -> None:
+    """ValueError naming the first way in which `result` cannot be the result of `spec`.
+
+    A valid result is for the spec's compaction id; its outputs are named as outputs under the
+    spec's prefix (plain names, each once), are at least a footer long, hold at least one entry
+    and no more tombstones than entries, are ascending and non-overlapping, and lie within the
+    spec's key range and within the key span of its inputs (a compaction writes no key it did
+    not read); its statistics are non-negative and add up to its outputs.
+    """
+    if result.compaction_id != spec.compaction_id:
+        raise ValueError(f"result is for {result.compaction_id}, not {spec.compaction_id}")
+    tables = [t for i in spec.inputs for t in i.tables]
+    if result.outputs and not tables:
+        raise ValueError("a compaction without input tables cannot have outputs")
+    lowest = min((t.smallest for t in tables), default=b"")
+    highest = max((t.largest for t in tables), default=b"")
+    start, end = spec.key_range
+    previous: bytes | None = None
+    names: set[str] = set()
+    for t in result.outputs:
+        name = t.name
+        if not is_output_of(spec.output_prefix, name):  # a plain prefix makes a plain name
+            raise ValueError(
+                f"output {name!r} is not named as an output with prefix {spec.output_prefix!r}"
+            )
+        if name in names:
+            raise ValueError(f"output {name} is listed twice")
+        names.add(name)
+        if t.size < FOOTER_SIZE:
+            raise ValueError(f"output {name} has {t.size} bytes, less than a table's footer")
+        if t.entries < 1 or not 0 <= t.tombstones <= t.entries:
+            raise ValueError(f"output {name} has {t.entries} entries, {t.tombstones} tombstones")
+        if t.min_expiry_ms is not None and t.min_expiry_ms < 0:
+            raise ValueError(f"output {name} has a negative min_expiry_ms {t.min_expiry_ms}")
+        if t.smallest > t.largest or (previous is not None and t.smallest <= previous):
+            raise ValueError(f"output {name} is out of order or overlaps its predecessor")
+        previous = t.largest
+        if (start is not None and t.smallest < start) or (end is not None and t.largest >= end):
+            raise ValueError(f"output {name} lies outside the spec's key range")
+        if t.smallest < lowest or t.largest > highest:
+            raise ValueError(f"output {name} holds keys outside the key span of the inputs")
+    _validate_stats(result)
+
+
+def _validate_stats(result: "CompactionResult") -> None:
+    s = result.stats
+    for field, value in vars(s).items():
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"stats field {field!r} is {value}, not a finite number >= 0")
+    if s.output_entries != sum(t.entries for t in result.outputs):
+        raise ValueError("output entries do not add up to the stats")
+    if s.output_bytes != sum(t.size for t in result.outputs):
+        raise ValueError("output bytes do not add up to the stats")
