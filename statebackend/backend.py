@@ -4,6 +4,10 @@ A `KeyedStateBackend` owns the state of the key groups in its `KeyGroupRange`: i
 key into the physical key prefix (`statebackend.layout`), hands out state handles by descriptor,
 iterates the keys of a state, and snapshots to / restores from a small `StateHandle`.
 
+A state's id (two bytes of every physical key) is derived from its name (`new_state_id`), so the
+subtasks of an operator agree on it and a rescale can combine their snapshots as they are; a
+snapshot records `name -> id`, and a restore keeps the recorded ids.
+
 >>> from statebackend import BackendConfig, ValueStateDescriptor, create_backend
 >>> backend = create_backend(BackendConfig("memory", checkpoint_dir="memory://doc"), scope="op/0")
 >>> count = backend.get_state(ValueStateDescriptor("count", default=0))
@@ -18,6 +22,8 @@ iterates the keys of a state, and snapshots to / restores from a small `StateHan
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import xxhash
 
 from statebackend.descriptors import StateDescriptor
 from statebackend.errors import (
@@ -36,7 +42,20 @@ from statebackend.store import KvStore, StoreHandle
 from statebackend.ttl import Clock, is_expired
 
 HANDLE_FORMAT = 1
-_MAX_STATES = 0xFFFF
+# State ids are 1..0xFFFE (two bytes of the physical key; 0 and 0xFFFF are never used).
+_MAX_STATE_ID = 0xFFFE
+
+
+def new_state_id(name: str, taken: set[int]) -> int:
+    """The id of a new state named `name`: derived from the name, so that every subtask of an
+    operator gives a state the same id (a rescale can then take their entries as they are); on a
+    collision, the next id that is not `taken`."""
+    if len(taken) >= _MAX_STATE_ID:
+        raise StateError(f"too many states in one backend (at most {_MAX_STATE_ID})")
+    state_id = 1 + xxhash.xxh32_intdigest(name.encode()) % _MAX_STATE_ID
+    while state_id in taken:
+        state_id = state_id % _MAX_STATE_ID + 1
+    return state_id
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,18 @@ class StateMeta:
     state_id: int
     kind: str
     ttl: bool
+
+    def describe(self) -> str:
+        return f"{self.kind} state{' with TTL' if self.ttl else ''}"
+
+    def check(self, descriptor: StateDescriptor) -> None:
+        """Raise `StateTypeConflictError` unless `descriptor` (of this state's name) fits."""
+        asked = StateMeta(self.state_id, descriptor.kind, descriptor.ttl_config is not None)
+        if asked != self:
+            raise StateTypeConflictError(
+                f"state '{descriptor.name}' is a {self.describe()}; it cannot be used as a "
+                f"{asked.describe()}"
+            )
 
 
 @dataclass(frozen=True)
@@ -101,9 +132,17 @@ class StateHandle:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise InvalidHandleError(f"malformed state handle: {type(e).__name__}: {e}") from e
+        ids: dict[int, str] = {}
         for name, meta in states.items():
             if meta.kind not in STATE_CLASSES:
                 raise InvalidHandleError(f"state '{name}' has unknown kind {meta.kind!r}")
+            if not 1 <= meta.state_id <= 0xFFFF:
+                raise InvalidHandleError(f"state '{name}' has an invalid id {meta.state_id}")
+            other = ids.setdefault(meta.state_id, name)
+            if other != name:
+                raise InvalidHandleError(
+                    f"states '{other}' and '{name}' have the same id {meta.state_id}"
+                )
         return handle
 
 
@@ -132,6 +171,7 @@ class KeyedStateBackend:
         self.namespace_serializer = namespace_serializer
         self.clock = clock
         self._metas: dict[str, StateMeta] = dict(states or {})
+        self._state_ids = {meta.state_id for meta in self._metas.values()}
         self._handles: dict[str, KeyedState] = {}
         self._current_key: Any = None
         # The physical-key prefix of the current key, read by every state handle.
@@ -168,19 +208,14 @@ class KeyedStateBackend:
         """The handle of `descriptor`'s state (one per name; the same object on every call)."""
         handle = self._handles.get(descriptor.name)
         meta = self._metas.get(descriptor.name)
-        has_ttl = descriptor.ttl_config is not None
-        if meta is not None and (meta.kind != descriptor.kind or meta.ttl != has_ttl):
-            stored = f"{meta.kind} state{' with TTL' if meta.ttl else ''}"
-            asked = f"{descriptor.kind} state{' with TTL' if has_ttl else ''}"
-            raise StateTypeConflictError(
-                f"state '{descriptor.name}' is a {stored}; it cannot be used as a {asked}"
-            )
+        if meta is not None:
+            meta.check(descriptor)
         if handle is not None:
             return handle
         if meta is None:
-            if len(self._metas) >= _MAX_STATES:
-                raise StateError(f"too many states in one backend (at most {_MAX_STATES})")
-            meta = StateMeta(len(self._metas) + 1, descriptor.kind, has_ttl)
+            state_id = new_state_id(descriptor.name, self._state_ids)
+            meta = StateMeta(state_id, descriptor.kind, descriptor.ttl_config is not None)
+            self._state_ids.add(state_id)
         handle = STATE_CLASSES[descriptor.kind](self, meta.state_id, descriptor)  # type: ignore[arg-type]
         self._metas[descriptor.name] = meta
         self._handles[descriptor.name] = handle

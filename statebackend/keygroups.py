@@ -37,6 +37,10 @@ class KeyGroupRange:
     def __len__(self) -> int:
         return max(0, self.end - self.start + 1)
 
+    def intersection(self, other: "KeyGroupRange") -> "KeyGroupRange":
+        """The key groups in both ranges (empty if none)."""
+        return KeyGroupRange(max(self.start, other.start), min(self.end, other.end))
+
     @classmethod
     def of_subtask(cls, max_parallelism: int, parallelism: int, index: int) -> "KeyGroupRange":
         """The key groups that subtask `index` of `parallelism` owns."""

@@ -2,8 +2,10 @@
 
 Reads and writes are dictionary operations. A snapshot writes the whole map, msgpack-encoded and
 zstd-compressed, to `checkpoint_dir/scope/chk-<id>/` with its size and checksum in the handle.
+A rescaled store reads the old subtasks' files and keeps the entries of its key groups.
 """
 
+import bisect
 import uuid
 from collections.abc import Iterator, Sequence
 
@@ -13,7 +15,7 @@ from sortedcontainers import SortedDict
 
 from statebackend import dfs
 from statebackend.errors import CorruptCheckpointError, InvalidHandleError
-from statebackend.store import StoreContext, StoreHandle
+from statebackend.store import RescaleSource, StoreContext, StoreHandle, key_range
 
 
 class MemoryStore:
@@ -59,13 +61,35 @@ class MemoryStoreFactory:
     def open(self, context: StoreContext, restore: StoreHandle | None) -> MemoryStore:
         if restore is None:
             return MemoryStore(context)
-        try:
-            ref = dfs.FileRef.from_dict(restore["file"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise InvalidHandleError(f"malformed memory store handle: {e!r}") from e
-        data = dfs.read_verified(ref, context.storage_options)
-        try:
-            keys, values = msgpack.unpackb(zstandard.decompress(data))
-        except Exception as e:
-            raise CorruptCheckpointError(f"cannot decode checkpoint file {ref.path}: {e}") from e
+        keys, values = _read_snapshot(context, restore)
         return MemoryStore(context, SortedDict(zip(keys, values, strict=True)))
+
+    def export(
+        self, context: StoreContext, handle: StoreHandle, start: bytes, end: bytes
+    ) -> Iterator[tuple[bytes, bytes]]:
+        keys, values = _read_snapshot(context, handle)
+        first, last = bisect.bisect_left(keys, start), bisect.bisect_left(keys, end)
+        yield from zip(keys[first:last], values[first:last], strict=True)
+
+    def open_rescaled(self, context: StoreContext, sources: Sequence[RescaleSource]) -> MemoryStore:
+        data = SortedDict()
+        for source in sources:
+            start, end = key_range(source.key_groups, context.key_group_range)
+            data.update(self.export(context, source.handle, start, end))
+        return MemoryStore(context, data)
+
+
+def _read_snapshot(context: StoreContext, handle: StoreHandle) -> tuple[list[bytes], list[bytes]]:
+    """The keys (in order) and values of a snapshot file, verified."""
+    try:
+        ref = dfs.FileRef.from_dict(handle["file"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidHandleError(f"malformed memory store handle: {e!r}") from e
+    data = dfs.read_verified(ref, context.storage_options)
+    try:
+        keys, values = msgpack.unpackb(zstandard.decompress(data))
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys but {len(values)} values")
+    except Exception as e:
+        raise CorruptCheckpointError(f"cannot decode checkpoint file {ref.path}: {e}") from e
+    return keys, values

@@ -2,20 +2,24 @@
 
 Built-in backends are imported lazily, so `memory` works without loading RocksDB. Other packages
 can add a backend with `register_backend`.
+
+`create_backend` also restores: from one snapshot of the same key groups, or (a rescale) from the
+snapshots of the old subtasks whose key groups overlap the new subtask's, checking that they cover
+them exactly and merging their registered states by name.
 """
 
 import importlib
 import os
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from statebackend.backend import KeyedStateBackend, StateHandle
-from statebackend.errors import InvalidHandleError, UnknownBackendError
+from statebackend.backend import KeyedStateBackend, StateHandle, StateMeta, new_state_id
+from statebackend.errors import InvalidHandleError, RestoreError, UnknownBackendError
 from statebackend.keygroups import DEFAULT_MAX_PARALLELISM, KeyGroupRange
 from statebackend.serializers import DEFAULT_SERIALIZER, Serializer
-from statebackend.store import StoreContext, StoreFactory
+from statebackend.store import KvStore, RescaleSource, StoreContext, StoreFactory, key_range
 from statebackend.ttl import Clock, system_clock
 
 _BUILT_IN = {
@@ -63,6 +67,10 @@ class BackendConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
+RestoreSource = StateHandle | Mapping[str, Any]
+"""A snapshot to restore: a `StateHandle` or its `to_dict()`."""
+
+
 def create_backend(
     config: BackendConfig,
     *,
@@ -72,18 +80,19 @@ def create_backend(
     key_serializer: Serializer = DEFAULT_SERIALIZER,
     namespace_serializer: Serializer = DEFAULT_SERIALIZER,
     clock: Clock = system_clock,
-    restore: StateHandle | Mapping[str, Any] | None = None,
+    restore: RestoreSource | Sequence[RestoreSource] | None = None,
 ) -> KeyedStateBackend:
-    """Open the keyed state backend of one operator subtask, empty or restored from a handle.
+    """Open the keyed state backend of one operator subtask: empty, restored from one snapshot of
+    the same key groups, or restored from the snapshots of another parallelism (a rescale).
 
-    A failed restore raises a `RestoreError` subclass and leaves nothing behind.
+    `restore` is None, one handle, or a sequence of handles. Every handle must be of this backend
+    and this `max_parallelism`. A rescale is a sequence, or one handle of other key groups: the
+    handles whose key groups overlap `key_group_range` must together cover it exactly (the others
+    are ignored), and the backend holds their entries of its key groups. A failed restore raises a
+    `RestoreError` subclass naming the problem and leaves nothing behind.
     """
     factory = store_factory(config.name)
     key_groups = key_group_range or KeyGroupRange.all(max_parallelism)
-    handle = None
-    if restore is not None:
-        handle = restore if isinstance(restore, StateHandle) else StateHandle.from_dict(restore)
-        _check_compatible(handle, config.name, max_parallelism, key_groups)
     context = StoreContext(
         scope=scope,
         key_group_range=key_groups,
@@ -93,7 +102,17 @@ def create_backend(
         options=config.options,
         clock=clock,
     )
-    store = factory.open(context, None if handle is None else handle.store)
+    states: Mapping[str, StateMeta] | None = None
+    if restore is None:
+        store = factory.open(context, None)
+    else:
+        handles = _parse_handles(restore)
+        for handle in handles:
+            _check_compatible(handle, config.name, max_parallelism)
+        if len(handles) == 1 and handles[0].key_group_range == key_groups:
+            store, states = factory.open(context, handles[0].store), handles[0].states
+        else:
+            store, states = _open_rescaled(factory, context, handles)
     return KeyedStateBackend(
         store,
         backend_name=config.name,
@@ -103,24 +122,159 @@ def create_backend(
         key_serializer=key_serializer,
         namespace_serializer=namespace_serializer,
         clock=clock,
-        states=None if handle is None else handle.states,
+        states=states,
     )
 
 
-def _check_compatible(
-    handle: StateHandle, backend: str, max_parallelism: int, key_groups: KeyGroupRange
-) -> None:
+def _parse_handles(restore: RestoreSource | Sequence[RestoreSource]) -> list[StateHandle]:
+    if isinstance(restore, StateHandle | Mapping):
+        restore = [restore]
+    elif not isinstance(restore, Sequence) or isinstance(restore, str | bytes):
+        raise InvalidHandleError(
+            f"restore takes a state handle or a list of them, got {type(restore).__name__}"
+        )
+    return [h if isinstance(h, StateHandle) else StateHandle.from_dict(h) for h in restore]
+
+
+def _check_compatible(handle: StateHandle, backend: str, max_parallelism: int) -> None:
     if handle.backend != backend:
         raise InvalidHandleError(
-            f"the handle is a snapshot of the {handle.backend!r} backend, not {backend!r}"
+            f"the handle of {handle.scope} is a snapshot of the {handle.backend!r} backend, "
+            f"not {backend!r}"
         )
     if handle.max_parallelism != max_parallelism:
         raise InvalidHandleError(
-            f"the handle was taken with max_parallelism {handle.max_parallelism}, "
-            f"not {max_parallelism}"
+            f"the handle of {handle.scope} was taken with max_parallelism "
+            f"{handle.max_parallelism}, not {max_parallelism}"
         )
-    if handle.key_group_range != key_groups:
+
+
+def _open_rescaled(
+    factory: StoreFactory, context: StoreContext, handles: list[StateHandle]
+) -> tuple[KvStore, dict[str, StateMeta]]:
+    """A store of `context`'s key groups from the snapshots of other key-group ranges.
+
+    When the snapshots agree on every state's id, their entries are taken as they are (natively
+    with the factory's `open_rescaled`, else copied with `export`); otherwise (snapshots with ids
+    of an older numbering) the entries are copied with their state ids renumbered.
+    """
+    target = context.key_group_range
+    used = [h for h in handles if h.key_group_range.intersection(target)]
+    _check_coverage(handles, used, target)
+    states, agreed = _merged_states(used)
+    if agreed:
+        open_rescaled = getattr(factory, "open_rescaled", None)
+        if open_rescaled is not None:
+            sources = [RescaleSource(h.store, h.key_group_range) for h in used]
+            return open_rescaled(context, sources), states
+        return _copy(factory, context, [(h, None) for h in used]), states
+    renumbered = _renumbered(states)
+    parts = [
+        (
+            h,
+            {
+                meta.state_id.to_bytes(2, "big"): renumbered[name].state_id.to_bytes(2, "big")
+                for name, meta in h.states.items()
+            },
+        )
+        for h in used
+    ]
+    return _copy(factory, context, parts), renumbered
+
+
+def _check_coverage(
+    handles: list[StateHandle], used: list[StateHandle], target: KeyGroupRange
+) -> None:
+    """The `used` handles (those overlapping `target`) must cover it, each key group once."""
+    owner: dict[int, StateHandle] = {}
+    for handle in used:
+        for key_group in handle.key_group_range.intersection(target):
+            other = owner.setdefault(key_group, handle)
+            if other is not handle:
+                raise InvalidHandleError(
+                    f"key group {key_group} is in two restored snapshots: {other.scope} "
+                    f"(checkpoint {other.checkpoint_id}) and {handle.scope} (checkpoint "
+                    f"{handle.checkpoint_id})"
+                )
+    missing = [key_group for key_group in target if key_group not in owner]
+    if missing:
+        covered = [g for h in handles for g in h.key_group_range]
         raise InvalidHandleError(
-            f"the handle covers key groups {handle.key_group_range.start}.."
-            f"{handle.key_group_range.end}, not {key_groups.start}..{key_groups.end}"
+            f"the restored snapshots hold key groups {_describe(covered)}, which leaves key "
+            f"groups {_describe(missing)} of {target.start}..{target.end} without state"
         )
+
+
+def _describe(key_groups: list[int]) -> str:
+    """`0..5, 9, 12..20`: sorted key groups as ranges."""
+    if not key_groups:
+        return "none"
+    runs: list[list[int]] = []
+    for key_group in sorted(set(key_groups)):
+        if runs and key_group == runs[-1][1] + 1:
+            runs[-1][1] = key_group
+        else:
+            runs.append([key_group, key_group])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
+
+
+def _merged_states(handles: list[StateHandle]) -> tuple[dict[str, StateMeta], bool]:
+    """The states of all `handles` by name, and whether the handles agree on their ids."""
+    merged: dict[str, StateMeta] = {}
+    names: dict[int, str] = {}
+    agreed = True
+    for handle in handles:
+        for name, meta in handle.states.items():
+            known = merged.setdefault(name, meta)
+            if (known.kind, known.ttl) != (meta.kind, meta.ttl):
+                raise InvalidHandleError(
+                    f"state '{name}' is a {known.describe()} in one restored snapshot and a "
+                    f"{meta.describe()} in that of {handle.scope}"
+                )
+            if known.state_id != meta.state_id or names.setdefault(meta.state_id, name) != name:
+                agreed = False
+    return merged, agreed
+
+
+def _renumbered(states: Mapping[str, StateMeta]) -> dict[str, StateMeta]:
+    """The states with the ids a new backend gives them (in name order, for collisions)."""
+    taken: set[int] = set()
+    renumbered = {}
+    for name in sorted(states):
+        state_id = new_state_id(name, taken)
+        taken.add(state_id)
+        renumbered[name] = replace(states[name], state_id=state_id)
+    return renumbered
+
+
+def _copy(
+    factory: StoreFactory,
+    context: StoreContext,
+    parts: list[tuple[StateHandle, dict[bytes, bytes] | None]],
+) -> KvStore:
+    """A new store filled with each handle's entries in `context`'s key groups, their state ids
+    (bytes 2..4 of a physical key) mapped when a part has a mapping."""
+    export = getattr(factory, "export", None)
+    if export is None:
+        raise RestoreError(
+            f"the {factory.name!r} backend cannot restore snapshots of other key groups: "
+            "it cannot export a snapshot's entries"
+        )
+    store = factory.open(context, None)
+    try:
+        for handle, ids in parts:
+            start, end = key_range(handle.key_group_range, context.key_group_range)
+            for key, value in export(context, handle.store, start, end):
+                if ids is not None:
+                    state_id = ids.get(key[2:4])
+                    if state_id is None:
+                        raise InvalidHandleError(
+                            f"the snapshot of {handle.scope} holds entries of state id "
+                            f"{int.from_bytes(key[2:4], 'big')}, which it does not name"
+                        )
+                    key = key[:2] + state_id + key[4:]
+                store.put(key, value)
+    except BaseException:
+        store.dispose()
+        raise
+    return store

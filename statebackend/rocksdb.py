@@ -9,30 +9,36 @@ flushes, takes a RocksDB checkpoint (hard links) and uploads it to the checkpoin
 - the other files (MANIFEST, CURRENT, OPTIONS) are small and uploaded every time (`chk-<id>/`).
 
 Restore downloads every file of the handle into a fresh directory, verifying sizes and checksums.
+A rescale takes the classic path: the snapshot overlapping the new key groups most becomes the new
+database, clipped to them with range deletions, and the entries in range of the other snapshots
+(each downloaded into a temporary directory, `export`) are inserted.
 
 Options (`BackendConfig.options`): `block_cache_bytes` (default 64 MiB), `bloom_bits_per_key`
 (default 10), `write_buffer_bytes` (default 64 MiB).
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from rocksdict import (
+    AccessType,
     BlockBasedOptions,
     Cache,
     Checkpoint,
     Options,
     Rdict,
+    WriteBatch,
     WriteOptions,
 )
 
 from statebackend import dfs
 from statebackend.errors import InvalidHandleError, RestoreError
-from statebackend.store import StoreContext, StoreHandle
+from statebackend.store import RescaleSource, StoreContext, StoreHandle, key_range
 
 _MiB = 1 << 20
 
@@ -113,12 +119,33 @@ class RocksDBStore:
             if file["path"] not in in_use:
                 dfs.delete_file(file["path"], self._options)
 
+    def keep_only(self, start: bytes, end: bytes) -> None:
+        """Delete every entry outside `start <= key < end`."""
+        write_options = no_wal_write_options()
+        self._db.delete_range(b"", start, write_options)
+        self._db.delete_range(end, _AFTER_EVERY_KEY, write_options)
+
+    def insert(self, entries: Iterable[tuple[bytes, bytes]]) -> None:
+        """Put `entries`, in write batches."""
+        write_options = no_wal_write_options()
+        batch = WriteBatch(raw_mode=True)
+        for key, value in entries:
+            batch.put(key, value)
+            if batch.len() >= _BATCH_ENTRIES:
+                self._db.write(batch, write_options)
+                batch = WriteBatch(raw_mode=True)
+        if batch.len():
+            self._db.write(batch, write_options)
+
     def dispose(self) -> None:
         self._db.close()
         shutil.rmtree(self._path, ignore_errors=True)
 
 
 _SHARED = "shared"
+_BATCH_ENTRIES = 10_000
+# Greater than every physical key: a key starts with its key group, below 2**15 (`keygroups`).
+_AFTER_EVERY_KEY = b"\xff"
 
 
 def _iterate(iterator: Any, end: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -134,27 +161,96 @@ class RocksDBStoreFactory:
     name = "rocksdb"
 
     def open(self, context: StoreContext, restore: StoreHandle | None) -> RocksDBStore:
-        base = os.path.join(context.local_dir, context.scope)
-        os.makedirs(base, exist_ok=True)
-        path = os.path.join(base, f"db-{uuid.uuid4().hex}")
+        path = _new_db_path(context)
         if restore is None:
             return RocksDBStore(context, path, {})
-        try:
-            files = [(str(f["name"]), dfs.FileRef.from_dict(f)) for f in restore["files"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise InvalidHandleError(f"malformed rocksdb store handle: {e!r}") from e
-        try:
-            os.makedirs(path)
-            for name, ref in files:
-                if os.path.basename(name) != name or name in ("", ".", ".."):
-                    raise InvalidHandleError(f"rocksdb store handle names a bad file {name!r}")
-                dfs.download_verified(ref, os.path.join(path, name), context.storage_options)
+        files = _snapshot_files(restore)
+        with _restoring(context, path):
+            _download(context, files, path)
             return RocksDBStore(
                 context, path, {name: ref for name, ref in files if name.endswith(".sst")}
             )
-        except RestoreError:
-            shutil.rmtree(path, ignore_errors=True)
-            raise
+
+    def export(
+        self, context: StoreContext, handle: StoreHandle, start: bytes, end: bytes
+    ) -> Iterator[tuple[bytes, bytes]]:
+        files = _snapshot_files(handle)
+        os.makedirs(context.local_dir, exist_ok=True)
+        directory = tempfile.mkdtemp(prefix="export-", dir=context.local_dir)
+        try:
+            with _restoring(context, directory):
+                _download(context, files, directory)
+                db = Rdict(
+                    directory, options=Options(raw_mode=True), access_type=AccessType.read_only()
+                )
+            iterator = db.iter()
+            try:
+                iterator.seek(start)
+                yield from _iterate(iterator, end)
+            finally:
+                del iterator  # before the database it reads is closed
+                db.close()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def open_rescaled(
+        self, context: StoreContext, sources: Sequence[RescaleSource]
+    ) -> RocksDBStore:
+        """The classic rescale: download the snapshot that overlaps the new key groups most as
+        the new database, delete its entries outside them, and insert the other snapshots'
+        entries in them (each downloaded whole). SSTs are uploaded anew at the next checkpoint."""
+        target = context.key_group_range
+        base = max(sources, key=lambda s: len(s.key_groups.intersection(target)))
+        path = _new_db_path(context)
+        with _restoring(context, path):
+            _download(context, _snapshot_files(base.handle), path)
+            store = RocksDBStore(context, path, {})
+        try:
+            store.keep_only(*key_range(target, target))
+            for source in sources:
+                if source is not base:
+                    start, end = key_range(source.key_groups, target)
+                    store.insert(self.export(context, source.handle, start, end))
         except Exception as e:
-            shutil.rmtree(path, ignore_errors=True)
+            store.dispose()
+            if isinstance(e, RestoreError):
+                raise
             raise RestoreError(f"cannot restore the rocksdb store of {context.scope}: {e}") from e
+        return store
+
+
+def _new_db_path(context: StoreContext) -> str:
+    base = os.path.join(context.local_dir, context.scope)
+    os.makedirs(base, exist_ok=True)
+    return os.path.join(base, f"db-{uuid.uuid4().hex}")
+
+
+def _snapshot_files(handle: StoreHandle) -> list[tuple[str, dfs.FileRef]]:
+    """`(name, file)` of every file of a snapshot; `InvalidHandleError` if malformed."""
+    try:
+        files = [(str(f["name"]), dfs.FileRef.from_dict(f)) for f in handle["files"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidHandleError(f"malformed rocksdb store handle: {e!r}") from e
+    for name, _ in files:
+        if os.path.basename(name) != name or name in ("", ".", ".."):
+            raise InvalidHandleError(f"rocksdb store handle names a bad file {name!r}")
+    return files
+
+
+def _download(context: StoreContext, files: list[tuple[str, dfs.FileRef]], directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    for name, ref in files:
+        dfs.download_verified(ref, os.path.join(directory, name), context.storage_options)
+
+
+@contextlib.contextmanager
+def _restoring(context: StoreContext, directory: str) -> Iterator[None]:
+    """Removes `directory` if the block fails, which raises a `RestoreError` (subclass)."""
+    try:
+        yield
+    except RestoreError:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    except Exception as e:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise RestoreError(f"cannot restore the rocksdb store of {context.scope}: {e}") from e

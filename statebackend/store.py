@@ -1,8 +1,14 @@
 """The ordered key-value store under a keyed state backend, and how backends provide one.
 
 A backend is a `StoreFactory`: it opens a `KvStore` for one operator subtask, new or restored from a
-store handle. Every state type is implemented once, on top of this interface (`statebackend.state`),
-so a backend only has to be a correct ordered byte store with snapshots.
+store handle, and reads the entries of a snapshot in a key range (`export`). Every state type is
+implemented once, on top of this interface (`statebackend.state`), so a backend only has to be a
+correct ordered byte store with snapshots.
+
+A rescale (a restore with another parallelism) opens a store for a key-group range from the
+snapshots of several old subtasks (`RescaleSource`s): a factory may do that natively with
+`open_rescaled(context, sources)`; without it, `statebackend.registry` fills a new empty store from
+`export` of each source.
 """
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -10,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from statebackend.keygroups import KeyGroupRange
+from statebackend.layout import key_group_prefix
 from statebackend.ttl import Clock, system_clock
 
 StoreHandle = dict[str, Any]
@@ -34,6 +41,22 @@ class StoreContext:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     clock: Clock = system_clock
+
+
+@dataclass(frozen=True)
+class RescaleSource:
+    """The snapshot of an old subtask that a rescaled store takes entries from, and the key groups
+    that snapshot holds."""
+
+    handle: StoreHandle
+    key_groups: KeyGroupRange
+
+
+def key_range(key_groups: KeyGroupRange, within: KeyGroupRange) -> tuple[bytes, bytes]:
+    """`(start, end)`: the physical keys of the key groups in both ranges are `start <= k < end`
+    (the key group is the first two bytes of a physical key, `statebackend.layout`)."""
+    common = key_groups.intersection(within)
+    return key_group_prefix(common.start), key_group_prefix(common.start + len(common))
 
 
 class KvStore(Protocol):
@@ -79,3 +102,17 @@ class StoreFactory(Protocol):
         used.
         """
         ...
+
+    def export(
+        self, context: StoreContext, handle: StoreHandle, start: bytes, end: bytes
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """The entries of the snapshot `handle` with `start <= key < end`, in key order.
+
+        Read-only: it never writes to checkpoint storage nor takes the snapshot's store over, and
+        it leaves no local files once exhausted or closed. Raises a `RestoreError` subclass (when
+        iterated) if the snapshot cannot be read.
+        """
+        ...
+
+    # Optional: `open_rescaled(context, sources: Sequence[RescaleSource]) -> KvStore`, a store
+    # holding exactly the sources' entries whose key group is in `context.key_group_range`.

@@ -9,7 +9,10 @@ exactly when that file exists and parses. Subtasks are then notified (sinks comm
 newest `checkpoint.retained` checkpoints are deleted. One checkpoint is in flight at a time.
 
 `CheckpointStorage.latest()` finds the newest complete checkpoint, skipping any whose metadata is
-missing or torn (a process killed while writing it).
+missing or torn (a process killed while writing it). `read_metadata(url)` reads the checkpoint or
+savepoint a run is started from (`streamlet run -s URL`), and `restored_states` matches its
+operators to the job's by uid and shares each operator's state out among the job's subtasks, at
+the checkpoint's parallelism or another one (a rescale).
 """
 
 import asyncio
@@ -22,8 +25,10 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 
 from streamlet.errors import CheckpointError
+from streamlet.operators import RestoreTarget
 
 if TYPE_CHECKING:
+    from streamlet.graph import Node
     from streamlet.metrics import JobMetrics
     from streamlet.task import SourceSubtask, Subtask, SubtaskStates
 
@@ -38,6 +43,7 @@ class CheckpointStorage:
     def __init__(self, url: str, job_name: str, storage_options: Mapping[str, Any]) -> None:
         self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
         self.root = f"{root.rstrip('/')}/{job_name}"
+        self.url = f"{url.rstrip('/')}/{job_name}"
 
     def checkpoint_ids(self) -> list[int]:
         """Ids of all checkpoint directories, complete or not, newest first."""
@@ -55,6 +61,11 @@ class CheckpointStorage:
     def path(self, checkpoint_id: int) -> str:
         return f"{self.root}/chk-{checkpoint_id}"
 
+    def url_of(self, checkpoint_id: int) -> str:
+        """The URL of a checkpoint's directory (what `read_metadata` and `streamlet run -s`
+        take)."""
+        return f"{self.url}/chk-{checkpoint_id}"
+
     def write(self, metadata: dict[str, Any]) -> str:
         path = f"{self.path(metadata['checkpoint_id'])}/{METADATA_FILE}"
         self.fs.makedirs(self.path(metadata["checkpoint_id"]), exist_ok=True)
@@ -63,13 +74,11 @@ class CheckpointStorage:
 
     def read(self, checkpoint_id: int) -> dict[str, Any] | None:
         """The metadata of a complete checkpoint, or None if it is missing or unreadable."""
+        path = f"{self.path(checkpoint_id)}/{METADATA_FILE}"
         try:
-            data = json.loads(self.fs.cat_file(f"{self.path(checkpoint_id)}/{METADATA_FILE}"))
-        except (FileNotFoundError, ValueError):
+            return parse_metadata(self.fs.cat_file(path), path)
+        except (FileNotFoundError, CheckpointError):
             return None
-        if not isinstance(data, dict) or data.get("format") != METADATA_FORMAT:
-            return None
-        return data
 
     def latest(self) -> dict[str, Any] | None:
         for checkpoint_id in self.checkpoint_ids():
@@ -101,23 +110,141 @@ class CheckpointStorage:
         for checkpoint_id in checkpoint_ids:
             self.fs.rm(self.path(checkpoint_id), recursive=True)
 
-def restored_states(metadata: Mapping[str, Any], parallelism: Mapping[str, int]) -> dict:
-    """`{uid: {subtask index: state}}` from checkpoint metadata, checking the parallelism."""
+def parse_metadata(data: bytes, where: str) -> dict[str, Any]:
+    """Checkpoint metadata from the bytes of a `_metadata` file, its layout checked;
+    `CheckpointError` naming `where` if it is damaged."""
+    try:
+        metadata = json.loads(data)
+    except ValueError as e:
+        raise CheckpointError(f"{where} is damaged: it is not JSON ({e})") from e
+    if not isinstance(metadata, dict) or metadata.get("format") != METADATA_FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
+        raise CheckpointError(
+            f"{where} is not checkpoint metadata of format {METADATA_FORMAT} (found {found!r})"
+        )
+    problem = _layout_problem(metadata)
+    if problem is not None:
+        raise CheckpointError(f"{where} is damaged: {problem}")
+    return metadata
+
+
+def _layout_problem(metadata: dict[str, Any]) -> str | None:
+    for key, kind in (("job", str), ("checkpoint_id", int), ("max_parallelism", int)):
+        if not isinstance(metadata.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    operators = metadata.get("operators")
+    if not isinstance(operators, dict):
+        return "'operators' is missing or not a mapping"
+    for uid, operator in operators.items():
+        subtasks = operator.get("subtasks") if isinstance(operator, dict) else None
+        parallelism = operator.get("parallelism") if isinstance(operator, dict) else None
+        if not isinstance(parallelism, int) or parallelism < 1:
+            return f"operator {uid!r} has no valid parallelism"
+        if not isinstance(subtasks, list) or len(subtasks) != parallelism:
+            return f"operator {uid!r} does not list the state of its {parallelism} subtasks"
+    return None
+
+
+def read_metadata(url: str, storage_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata of the checkpoint or savepoint at `url`: its directory (a retained
+    `<checkpoint.dir>/<job>/chk-<n>`, a savepoint) or the `_metadata` file in it.
+
+    This is the one place that reads a snapshot to restore from a URL: the paths inside are used
+    as they are (checkpoints record full URLs). A `CheckpointError` names the URL if nothing is
+    there, if it holds no metadata, or if the metadata is damaged.
+    """
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        path = path.rstrip("/")
+        file = path if path.rsplit("/", 1)[-1] == METADATA_FILE else f"{path}/{METADATA_FILE}"
+        try:
+            data = fs.cat_file(file)
+        except FileNotFoundError:
+            if fs.exists(path):
+                raise CheckpointError(
+                    f"{url} holds no {METADATA_FILE} file: it is not a complete checkpoint or "
+                    "savepoint"
+                ) from None
+            raise CheckpointError(
+                f"no checkpoint or savepoint at {url}: the path does not exist"
+            ) from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read the checkpoint or savepoint at {url}: {e}") from e
+    return parse_metadata(data, f"the metadata of {url}")
+
+
+def restored_states(
+    metadata: Mapping[str, Any],
+    operators: Mapping[str, tuple["Node", int]],
+    max_parallelism: int,
+    backend: str,
+    allow_non_restored_state: bool,
+) -> dict[str, dict[int, Any]]:
+    """`{uid: {subtask index: state}}`: each operator's state in checkpoint `metadata`, shared out
+    among the job's subtasks. `operators` maps each uid of the job to its node and parallelism.
+
+    Operators are matched by uid. State of an operator the job no longer has is an error unless
+    `allow_non_restored_state` (an operator that kept no state may go); an operator without state
+    in the checkpoint starts empty; each operator (or source) redistributes its state among its
+    subtasks, at the same parallelism or another. Every problem is a `CheckpointError` (a
+    `StateTypeConflictError` for an incompatible keyed state), raised before anything runs.
+    """
+    name = f"checkpoint {metadata['checkpoint_id']} of job {metadata['job']!r}"
+    restored = metadata["operators"]
+    if metadata["max_parallelism"] != max_parallelism:
+        raise CheckpointError(
+            f"{name} was taken with parallelism.max {metadata['max_parallelism']}, not "
+            f"{max_parallelism}: keyed state is split into that many key groups, keep it"
+        )
+    if not set(restored) & set(operators):
+        raise CheckpointError(
+            f"{name} has no operator of this job: is it the checkpoint of another job? (its "
+            f"operators: {', '.join(sorted(restored))}; this job's: "
+            f"{', '.join(sorted(operators))})"
+        )
+    dropped = sorted(
+        uid
+        for uid, operator in restored.items()
+        if uid not in operators and any(state is not None for state in operator["subtasks"])
+    )
+    if dropped and not allow_non_restored_state:
+        raise CheckpointError(
+            f"{name} has state for operators this job no longer has ({', '.join(dropped)}); "
+            "to start without it, allow non-restored state (--allow-non-restored-state, or "
+            "checkpoint.allow-non-restored-state: true)"
+        )
+    if dropped:
+        log.warning("%s: the state of %s is not restored", name, ", ".join(dropped))
     states: dict[str, dict[int, Any]] = {}
-    for uid, operator in metadata["operators"].items():
-        if uid not in parallelism:
-            raise CheckpointError(
-                f"checkpoint {metadata['checkpoint_id']} has state for operator {uid!r}, which "
-                f"the job no longer has (operators: {', '.join(sorted(parallelism))})"
-            )
-        if operator["parallelism"] != parallelism[uid]:
-            raise CheckpointError(
-                f"checkpoint {metadata['checkpoint_id']} ran operator {uid!r} with parallelism "
-                f"{operator['parallelism']}, not {parallelism[uid]}: rescaling a restore is not "
-                "supported; run with the same parallelism"
-            )
-        states[uid] = dict(enumerate(operator["subtasks"]))
+    for uid, operator in restored.items():
+        if uid not in operators:
+            continue
+        node, parallelism = operators[uid]
+        target = RestoreTarget(parallelism, max_parallelism, backend)
+        try:
+            shares = _redistribute(node, operator["subtasks"], target)
+        except CheckpointError as e:
+            raise CheckpointError(f"{name}: operator {node.name!r} (uid {uid!r}): {e}") from e
+        states[uid] = dict(enumerate(shares))
     return states
+
+
+def _redistribute(node: "Node", states: list[Any], target: RestoreTarget) -> list[Any]:
+    if node.source is not None:
+        if not all(isinstance(state, dict) and "position" in state for state in states):
+            raise CheckpointError("its state is not the position of a source")
+        positions = [state["position"] for state in states]
+        shares = [
+            {"position": position}
+            for position in node.source.redistribute(positions, target.parallelism)
+        ]
+    else:
+        shares = node.create_operator().redistribute(states, target)  # type: ignore[misc]
+    if len(shares) != target.parallelism:
+        raise CheckpointError(
+            f"redistributing gave {len(shares)} states for {target.parallelism} subtasks"
+        )
+    return shares
 
 
 class CheckpointCoordinator:
@@ -140,6 +267,7 @@ class CheckpointCoordinator:
         self.retained = retained
         self.metrics = metrics
         self.next_id = first_id
+        self.completed_id: int | None = None  # the latest checkpoint this coordinator completed
         self.sources_finished = asyncio.Event()
         self._finished: set[int] = set()
         self._lock = asyncio.Lock()
@@ -181,6 +309,7 @@ class CheckpointCoordinator:
                 },
             }
             path = await asyncio.to_thread(self.storage.write, metadata)
+            self.completed_id = checkpoint_id
             self.metrics.checkpoints += 1
             self.metrics.last_checkpoint_id = checkpoint_id
             log.info(

@@ -1,7 +1,8 @@
 """The `streamlet` command line.
 
 `streamlet run JOB.py ... -- ARGS` and `streamlet submit TARGET ... -- ARGS` hand everything after
-the first `--` to the job module (its `sys.argv[1:]` while it loads).
+the first `--` to the job module (its `sys.argv[1:]` while it loads). `streamlet run -s URL` starts
+the job from a checkpoint or savepoint, at the parallelism given now.
 """
 
 import argparse
@@ -44,6 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--config", help="YAML configuration file")
     run.add_argument(
+        "-s",
+        "--restore-from",
+        metavar="URL",
+        help="start from this checkpoint (<checkpoint.dir>/<job>/chk-N or its _metadata) or "
+        "savepoint, at the parallelism given now; wins over checkpoint.restore",
+    )
+    run.add_argument(
+        "--allow-non-restored-state",
+        action="store_true",
+        default=None,
+        help="leave out restored state of operators the job no longer has (matched by uid)",
+    )
+    run.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -62,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         del options["command"]
         return serve(**options)
     if args.command == "run":
-        return _run(
-            args.job_file, args.parallelism, args.defines, args.config, args.verbose, job_args or []
-        )
+        return _run(args, job_args or [])
     if args.command in CLUSTER_COMMANDS:
         return _cluster_command(args, job_args or [])
     return 2
@@ -182,23 +194,24 @@ def _demo(rows: int, parallelism: int) -> int:
     return print_demo(run_demo(rows, parallelism))
 
 
-def _run(
-    job_file: str,
-    parallelism: int | None,
-    defines: list[str],
-    config: str | None,
-    verbose: bool,
-    job_args: list[str],
-) -> int:
+def _run(args: argparse.Namespace, job_args: list[str]) -> int:
+    from statebackend import StateError
     from streamlet.config import ConfigError, Configuration
     from streamlet.errors import StreamletError
     from streamlet.launcher import configure_logging, parse_defines, run_job_file
 
-    configure_logging(verbose)
+    configure_logging(args.verbose)
     try:
-        configuration = Configuration.load(config, overrides=parse_defines(defines))
-        run_job_file(job_file, configuration, parallelism, job_args=job_args)
-    except (ConfigError, StreamletError, ValueError) as e:
+        configuration = Configuration.load(args.config, overrides=parse_defines(args.defines))
+        run_job_file(
+            args.job_file,
+            configuration,
+            args.parallelism,
+            job_args=job_args,
+            restore_from=args.restore_from,
+            allow_non_restored_state=args.allow_non_restored_state,
+        )
+    except (ConfigError, StreamletError, StateError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

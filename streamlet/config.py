@@ -33,8 +33,11 @@ ENV_PREFIX = "STREAMLET_"
 # `STREAMLET_*` variables that are not configuration keys but are used on purpose: the settings of
 # the Kubernetes example's scripts (k8s/scripts/*.sh), which export them to `streamlet` commands.
 NON_KEY_ENV_VARS = frozenset({"STREAMLET_JOBMANAGER", "STREAMLET_TOKEN", "STREAMLET_PORT"})
-# Keys that a command-line flag of `streamlet run` and `streamlet submit` sets too.
-FLAGS = {"parallelism.default": "-p"}
+# Keys that a command-line flag of `streamlet run` (and `streamlet submit`) sets too.
+FLAGS = {
+    "parallelism.default": "-p",
+    "checkpoint.allow-non-restored-state": "--allow-non-restored-state",
+}
 
 log = logging.getLogger("streamlet.config")
 
@@ -194,7 +197,17 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "checkpoint.restore",
         "bool",
         True,
-        "Restore the latest completed checkpoint of the job (if any) when it starts.",
+        "Restore the latest completed checkpoint of the job (if any) when it starts, at the "
+        "parallelism the job has now; `streamlet run -s URL` restores the checkpoint or savepoint "
+        "at URL instead.",
+        _parse_bool,
+    ),
+    ConfigOption(
+        "checkpoint.allow-non-restored-state",
+        "bool",
+        False,
+        "Start from a checkpoint or savepoint that holds state of operators the job no longer has "
+        "(matched by uid), leaving that state out; otherwise that is an error.",
         _parse_bool,
     ),
     ConfigOption(

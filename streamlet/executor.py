@@ -1,6 +1,13 @@
 """Local execution: turn a job's plan into subtasks, channels and a checkpoint coordinator, and run
 them as asyncio tasks in this process, restarting from the latest checkpoint on failure.
 
+A run restores the checkpoint or savepoint at `restore_from` (`streamlet run -s URL`), else the
+job's latest checkpoint (with `checkpoint.restore`), at the parallelism the job has now: state is
+shared out among the new subtasks (`streamlet.checkpoint.restored_states`) before anything runs,
+so bad input (a missing path, another job's checkpoint, an incompatible state) fails the run before
+it starts, and is not retried. A restart restores the latest checkpoint the failed attempt
+completed (or what that attempt restored).
+
 Each chain of the plan runs as `parallelism` subtasks. An edge between chains becomes channels:
 one per subtask pair for a forward edge, all-to-all otherwise, each a bounded queue. The job ends
 when every source is exhausted (a final checkpoint is taken after the sources' last watermark, so
@@ -15,10 +22,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from statebackend import StateError
 from streamlet.channels import Channel, ChannelSink, InputGate
-from streamlet.checkpoint import CheckpointCoordinator, CheckpointStorage, restored_states
+from streamlet.checkpoint import (
+    CheckpointCoordinator,
+    CheckpointStorage,
+    read_metadata,
+    restored_states,
+)
 from streamlet.config import Configuration
-from streamlet.errors import JobDefinitionError
+from streamlet.errors import JobDefinitionError, StreamletError
 from streamlet.graph import Chain, NodeKind, Plan
 from streamlet.metrics import JobMetrics
 from streamlet.operators import Operator, OperatorContext
@@ -51,8 +64,15 @@ async def execute_job(
     parallelism: int | None = None,
     stop: asyncio.Event | None = None,
     metrics: JobMetrics | None = None,
+    restore_from: str | None = None,
+    allow_non_restored_state: bool | None = None,
 ) -> JobResult:
-    """Run `job` until its sources end or `stop` is set, restarting per the restart strategy."""
+    """Run `job` until its sources end or `stop` is set, restarting per the restart strategy.
+
+    `restore_from`: the URL of a checkpoint or savepoint to start from (None: the job's latest
+    checkpoint, if `checkpoint.restore`); `allow_non_restored_state` (None: the configuration's
+    `checkpoint.allow-non-restored-state`) lets it hold state of operators the job no longer has.
+    """
     if not isinstance(config, Configuration):
         config = Configuration(config)
     metrics = metrics or JobMetrics()
@@ -61,15 +81,26 @@ async def execute_job(
     started = time.monotonic()
     attempts: list[Execution] = []
     while True:
-        execution = Execution(job, config, parallelism, metrics, stop)
+        execution = Execution(
+            job,
+            config,
+            parallelism,
+            metrics,
+            stop,
+            restore_from=restore_from,
+            allow_non_restored_state=allow_non_restored_state,
+        )
         attempts.append(execution)
         try:
             await execution.run()
             break
         except Exception as error:
+            if not execution.started and isinstance(error, StreamletError | StateError):
+                raise  # bad input (see `Execution.started`): a restart cannot fix it
             delay = strategy.next_delay_ms()
             if delay is None:
                 raise
+            restore_from = execution.restart_point or restore_from
             log.warning(
                 "job %s failed (%s); restart %d of %d in %d ms from the latest checkpoint",
                 job.name,
@@ -107,6 +138,9 @@ class Execution:
         parallelism: int | None,
         metrics: JobMetrics,
         stop: asyncio.Event,
+        *,
+        restore_from: str | None = None,
+        allow_non_restored_state: bool | None = None,
     ) -> None:
         self.job = job
         self.config = config
@@ -121,39 +155,70 @@ class Execution:
                     f"({self.max_parallelism})"
                 )
         self.batch_size = config.get("pipeline.batch-size")
+        self.restore_from = restore_from
+        self.allow_non_restored_state = (
+            config.get("checkpoint.allow-non-restored-state")
+            if allow_non_restored_state is None
+            else allow_non_restored_state
+        )
         self.restored_id: int | None = None
+        # Set once the restore is planned: a runtime or state error before is bad input.
+        self.started = False
+        self.coordinator: CheckpointCoordinator | None = None
 
     async def run(self) -> None:
         storage = CheckpointStorage(
             self.config.get("checkpoint.dir"), self.job.name, self.config.get("dfs.storage-options")
         )
-        parallelism = {
-            node.operator_uid: chain.parallelism
+        operators = {
+            node.operator_uid: (node, chain.parallelism)
             for chain in self.plan.chains
             for node in chain.nodes
         }
         ids = await asyncio.to_thread(storage.checkpoint_ids)
         restored: dict[str, dict[int, Any]] = {}
-        if self.config.get("checkpoint.restore"):
-            latest = await self.restore_point(storage)
-            if latest is not None:
-                restored = restored_states(latest, parallelism)
-                self.restored_id = latest["checkpoint_id"]
-                log.info("restoring checkpoint %d of job %s", self.restored_id, self.job.name)
+        metadata = await self.restore_point(storage)
+        if metadata is not None:
+            restored = await asyncio.to_thread(
+                restored_states,
+                metadata,
+                operators,
+                self.max_parallelism,
+                self.config.get("state.backend"),
+                self.allow_non_restored_state,
+            )
+            self.restored_id = metadata["checkpoint_id"]
+            log.info("restoring checkpoint %d of job %s", self.restored_id, self.job.name)
+        self.started = True
         coordinator = CheckpointCoordinator(
             storage,
             self.job.name,
-            parallelism,
+            {uid: parallelism for uid, (_, parallelism) in operators.items()},
             self.max_parallelism,
-            first_id=(ids[0] + 1) if ids else 1,
+            first_id=max(ids[0] if ids else 0, self.restored_id or 0) + 1,
             retained=self.config.get("checkpoint.retained"),
             metrics=self.metrics,
         )
+        self.coordinator = coordinator
         subtasks, sources = self._build(restored, self.listener(coordinator))
         await self.run_subtasks(coordinator, subtasks, sources)
 
+    @property
+    def restart_point(self) -> str | None:
+        """The URL of the latest checkpoint this attempt completed (None: it completed none)."""
+        if self.coordinator is None or self.coordinator.completed_id is None:
+            return None
+        return self.coordinator.storage.url_of(self.coordinator.completed_id)
+
     async def restore_point(self, storage: CheckpointStorage) -> dict[str, Any] | None:
-        """The metadata of the checkpoint to restore: the latest complete one."""
+        """The metadata of the checkpoint to restore: the one at `restore_from`, else the
+        latest complete one (if `checkpoint.restore`), else none."""
+        if self.restore_from is not None:
+            return await asyncio.to_thread(
+                read_metadata, self.restore_from, self.config.get("dfs.storage-options")
+            )
+        if not self.config.get("checkpoint.restore"):
+            return None
         return await asyncio.to_thread(storage.latest)
 
     def is_local(self, index: int) -> bool:
@@ -251,6 +316,7 @@ class Execution:
                 common = dict(
                     name=name,
                     index=index,
+                    parallelism=chain.parallelism,
                     operators=operators,
                     writers=[w for _, w in chain_writers],
                     restored={uid: s for uid, s in state.items() if s is not None},

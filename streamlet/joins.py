@@ -26,7 +26,7 @@ co-group: both sides are tagged, unioned, keyed and windowed, and each fired win
 
 from typing import TYPE_CHECKING, Any
 
-from statebackend import MapStateDescriptor
+from statebackend import MapStateDescriptor, StateDescriptor
 from streamlet.elements import Record
 from streamlet.errors import JobDefinitionError
 from streamlet.functions import JoinFunction
@@ -56,6 +56,9 @@ class IntervalJoinOperator(KeyedOperator):
         self._lower = (lower_ms, -upper_ms)
         self._upper = (upper_ms, -lower_ms)
         self._join = join
+
+    def state_descriptors(self) -> list[StateDescriptor]:
+        return [*super().state_descriptors(), *_BUFFERS]
 
     async def open(self, state: Any | None) -> None:
         await super().open(state)

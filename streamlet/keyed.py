@@ -5,19 +5,34 @@
 processing time advance, and snapshots the backend (timers included) on checkpoints.
 `KeyedProcessOperator` runs a `KeyedProcessFunction`; `ReduceOperator` and `AggregateOperator`
 keep a rolling value per key and emit it after every record.
+
+On a restore (`redistribute`), each new subtask gets the snapshots of the old subtasks whose key
+groups overlap its own, so state, timers and windows move with their key groups whatever the
+parallelism. Before anything runs, the restored snapshots are checked against the state
+descriptors the operator declares (`state_descriptors`: its own, and those a
+`KeyedProcessFunction` holds as attributes): a state of another type under the same name is a
+`StateTypeConflictError` naming the operator and the state.
 """
 
 import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from statebackend import AggregatingStateDescriptor, StateHandle, ValueStateDescriptor
+from statebackend import (
+    AggregatingStateDescriptor,
+    InvalidHandleError,
+    KeyGroupRange,
+    StateDescriptor,
+    StateHandle,
+    StateTypeConflictError,
+    ValueStateDescriptor,
+)
 from streamlet.elements import Record, Watermark
-from streamlet.errors import OperatorError, StreamletError
+from streamlet.errors import CheckpointError, OperatorError, StreamletError
 from streamlet.functions import AggregateFunction, KeyedProcessFunction, OutputTag
-from streamlet.operators import Operator
+from streamlet.operators import Operator, RestoreTarget
 from streamlet.partitioners import KeySelector
-from streamlet.timers import TimerService
+from streamlet.timers import TIMERS, TimerService
 
 
 class KeyedOperator(Operator):
@@ -26,6 +41,42 @@ class KeyedOperator(Operator):
     def __init__(self, name: str, key_selectors: list[KeySelector]) -> None:
         super().__init__(name)
         self._key_selectors = key_selectors
+
+    def state_descriptors(self) -> list[StateDescriptor]:
+        """The states this operator uses (the timers' and its own), checked against a restore."""
+        return [TIMERS]
+
+    def redistribute(self, states: list[Any], target: RestoreTarget) -> list[Any]:
+        """New subtask i gets `{"backend": [the handles overlapping its key groups]}`."""
+        handles = [_handle(state) for state in states]
+        _check_key_groups(handles, target.max_parallelism)
+        for handle in handles:
+            if handle.backend != target.backend:
+                raise CheckpointError(
+                    f"its state is in the {handle.backend!r} state backend, not in "
+                    f"state.backend {target.backend!r}"
+                )
+            for descriptor in self.state_descriptors():
+                meta = handle.states.get(descriptor.name)
+                if meta is None:
+                    continue
+                try:
+                    meta.check(descriptor)
+                except StateTypeConflictError as e:
+                    raise StateTypeConflictError(f"operator '{self.name}': {e}") from None
+        shares = []
+        for index in range(target.parallelism):
+            key_groups = KeyGroupRange.of_subtask(target.max_parallelism, target.parallelism, index)
+            shares.append(
+                {
+                    "backend": [
+                        state["backend"]
+                        for state, handle in zip(states, handles, strict=True)
+                        if handle.key_group_range.intersection(key_groups)
+                    ]
+                }
+            )
+        return shares
 
     async def open(self, state: Any | None) -> None:
         self.backend = self.context.create_keyed_backend(
@@ -92,6 +143,44 @@ class KeyedOperator(Operator):
             del self.backend
 
 
+def _handle(state: Any) -> StateHandle:
+    if not isinstance(state, dict) or "backend" not in state:
+        raise CheckpointError(f"its state is not a keyed state snapshot: {state!r:.100}")
+    try:
+        return StateHandle.from_dict(state["backend"])
+    except InvalidHandleError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def _check_key_groups(handles: list[StateHandle], max_parallelism: int) -> None:
+    """The snapshots must hold every key group of `max_parallelism` once (in order)."""
+    expected = 0
+    for handle in handles:
+        if handle.max_parallelism != max_parallelism or handle.key_group_range.start != expected:
+            raise CheckpointError(
+                f"its snapshots do not hold key groups 0..{max_parallelism - 1} in order: "
+                f"{handle.scope} holds {handle.key_group_range.start}.."
+                f"{handle.key_group_range.end} of {handle.max_parallelism}"
+            )
+        expected = handle.key_group_range.end + 1
+    if expected != max_parallelism:
+        raise CheckpointError(
+            f"its snapshots hold key groups 0..{expected - 1}, not 0..{max_parallelism - 1}"
+        )
+
+
+def declared_descriptors(function: object) -> list[StateDescriptor]:
+    """The state descriptors `function` holds as class or instance attributes."""
+    namespaces = [vars(klass) for klass in reversed(type(function).__mro__)]
+    namespaces.append(getattr(function, "__dict__", {}))
+    return [
+        value
+        for namespace in namespaces
+        for value in namespace.values()
+        if isinstance(value, StateDescriptor)
+    ]
+
+
 class _ProcessContext:
     """The `KeyedContext` a `KeyedProcessFunction` sees."""
 
@@ -117,6 +206,9 @@ class KeyedProcessOperator(KeyedOperator):
     ) -> None:
         super().__init__(name, key_selectors)
         self._function = function
+
+    def state_descriptors(self) -> list[StateDescriptor]:
+        return [*super().state_descriptors(), *declared_descriptors(self._function)]
 
     async def open(self, state: Any | None) -> None:
         await super().open(state)
@@ -158,6 +250,9 @@ class ReduceOperator(KeyedOperator):
         super().__init__(name, key_selectors)
         self._reduce = reduce
 
+    def state_descriptors(self) -> list[StateDescriptor]:
+        return [*super().state_descriptors(), self.STATE]
+
     async def open(self, state: Any | None) -> None:
         await super().open(state)
         self._state = self.backend.get_state(self.STATE)
@@ -178,6 +273,9 @@ class AggregateOperator(KeyedOperator):
     ) -> None:
         super().__init__(name, key_selectors)
         self._descriptor = AggregatingStateDescriptor("aggregate", aggregate)
+
+    def state_descriptors(self) -> list[StateDescriptor]:
+        return [*super().state_descriptors(), self._descriptor]
 
     async def open(self, state: Any | None) -> None:
         await super().open(state)

@@ -2,10 +2,12 @@
 
 A job module is a Python file that assigns a `streamlet.Job` to a module-level variable (by
 convention `job`). Loading errors name the file (and line, for a syntax error); a module without a
-job says so. While the job runs, a progress line shows records in and out with their rates,
-completed checkpoints and the state backends' compactions (local and remote); when it ends, the
-line is printed once more with the final figures, which the summary after it repeats. SIGINT
-(Ctrl-C) or SIGTERM stops the job after a final checkpoint; a second one aborts at once.
+job says so. The run restores the job's latest checkpoint, or the checkpoint or savepoint given
+with `-s` (`run_job_file(..., restore_from=)`), at the parallelism given now. While the job runs,
+a progress line shows records in and out with their rates, completed checkpoints and the state
+backends' compactions (local and remote); when it ends, the line is printed once more with the
+final figures, which the summary after it repeats. SIGINT (Ctrl-C) or SIGTERM stops the job after
+a final checkpoint; a second one aborts at once.
 
 The terminal shows the progress line, warnings and errors, and the summary: the INFO lines of the
 runtime and the state backends (a line per checkpoint, two per compaction, the compaction client's
@@ -100,13 +102,24 @@ def run_job_file(
     parallelism: int | None = None,
     stream: TextIO = sys.stderr,
     job_args: Sequence[str] = (),
+    restore_from: str | None = None,
+    allow_non_restored_state: bool | None = None,
 ) -> JobResult:
+    """Run the job of the module at `path`; `restore_from` and `allow_non_restored_state` as for
+    `streamlet.executor.execute_job`."""
     job = load_job(path, job_args)
-    return asyncio.run(_run(job, config, parallelism, stream))
+    return asyncio.run(
+        _run(job, config, parallelism, stream, restore_from, allow_non_restored_state)
+    )
 
 
 async def _run(
-    job: Job, config: Configuration, parallelism: int | None, stream: TextIO
+    job: Job,
+    config: Configuration,
+    parallelism: int | None,
+    stream: TextIO,
+    restore_from: str | None,
+    allow_non_restored_state: bool | None,
 ) -> JobResult:
     stop = asyncio.Event()
     metrics = JobMetrics()
@@ -128,7 +141,15 @@ async def _run(
         loop.add_signal_handler(signum, on_signal)
     reporter = asyncio.create_task(progress.run(config.get("progress.interval") / 1000))
     try:
-        result = await execute_job(job, config, parallelism=parallelism, stop=stop, metrics=metrics)
+        result = await execute_job(
+            job,
+            config,
+            parallelism=parallelism,
+            stop=stop,
+            metrics=metrics,
+            restore_from=restore_from,
+            allow_non_restored_state=allow_non_restored_state,
+        )
     except asyncio.CancelledError:
         raise StreamletError(
             f"job {job.name} aborted without a final checkpoint; the next run restores the "

@@ -4,6 +4,11 @@ An `Operator` gets records (synchronously, in order), watermarks and checkpoint 
 subtask, and emits to its `Output`. This module holds the base class, the context it is opened
 with, and the stateless operators (map, filter, flat_map) and the sink operator. Keyed operators
 are in `streamlet.keyed`, windows in `streamlet.windows`, joins in `streamlet.joins`.
+
+On a restore, an operator defines how the states its old subtasks snapshot are shared out among
+the new subtasks (`redistribute`, given a `RestoreTarget`): the identity at the same parallelism;
+keyed operators give each new subtask the snapshots overlapping its key groups, the sink operator
+asks its sink.
 """
 
 from collections.abc import Callable, Iterable
@@ -11,8 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from statebackend import BackendConfig, KeyedStateBackend, KeyGroupRange, create_backend
+from statebackend.registry import RestoreSource
 from streamlet.connectors.base import Sink, SinkWriter
 from streamlet.elements import Record, Watermark
+from streamlet.errors import CheckpointError
 from streamlet.functions import RuntimeContext
 from streamlet.metrics import JobMetrics
 from streamlet.outputs import Output
@@ -45,7 +52,9 @@ class OperatorContext:
     def key_group_range(self) -> KeyGroupRange:
         return KeyGroupRange.of_subtask(self.max_parallelism, self.parallelism, self.subtask_index)
 
-    def create_keyed_backend(self, restore: dict[str, Any] | None) -> KeyedStateBackend:
+    def create_keyed_backend(
+        self, restore: RestoreSource | list[RestoreSource] | None
+    ) -> KeyedStateBackend:
         backend = create_backend(
             self.backend_config,
             scope=f"{self.job_name}/{self.uid}/{self.subtask_index}",
@@ -61,6 +70,16 @@ class OperatorContext:
         backend.dispose()
 
 
+@dataclass(frozen=True)
+class RestoreTarget:
+    """What restored state is shared out to: the job's new parallelism of the operator, its
+    maximum parallelism (key groups) and its state backend."""
+
+    parallelism: int
+    max_parallelism: int
+    backend: str
+
+
 class Operator:
     """Base of all operators; the defaults forward watermarks and keep no state."""
 
@@ -72,8 +91,25 @@ class Operator:
         self.context = context
         self.output = output
 
+    def redistribute(self, states: list[Any], target: RestoreTarget) -> list[Any]:
+        """The states `target.parallelism` new subtasks open with, from what the old subtasks'
+        `snapshot` returned (one per old subtask, in order) in the restored checkpoint.
+
+        The default keeps each state with its subtask; at another parallelism it accepts only
+        operators that keep no state (every state None).
+        """
+        if len(states) == target.parallelism:
+            return list(states)
+        if any(state is not None for state in states):
+            raise CheckpointError(
+                f"{type(self).__name__} cannot be restored with another parallelism "
+                f"({len(states)} -> {target.parallelism}): it keeps state it does not redistribute"
+            )
+        return [None] * target.parallelism
+
     async def open(self, state: Any | None) -> None:
-        """Prepare to run; `state` is what `snapshot` returned in the restored checkpoint."""
+        """Prepare to run; `state` is this subtask's share (`redistribute`) of what `snapshot`
+        returned in the restored checkpoint, None on a fresh start."""
 
     def process(self, record: Record, input_index: int) -> None:
         raise NotImplementedError
@@ -144,6 +180,9 @@ class SinkOperator(Operator):
         super().__init__(name)
         self._sink = sink
         self._writer: SinkWriter | None = None
+
+    def redistribute(self, states: list[Any], target: RestoreTarget) -> list[Any]:
+        return self._sink.redistribute(states, target.parallelism)
 
     async def open(self, state: Any | None) -> None:
         self._writer = self._sink.create_writer(self.context.runtime)

@@ -6,6 +6,9 @@ reader's position and emitting a barrier). An `OperatorSubtask` reads batches fr
 (bounded channels), hands records to the head of its chain, fires processing-time timers, and
 snapshots its operators once barriers are aligned. Both flush their outputs into the downstream
 channels after every batch, so a slow consumer slows its producers (backpressure).
+
+When checkpoints fall out of retention, subtask i of p releases the state that old subtasks j
+with j % p == i left in them, so that each is released once also after a rescale.
 """
 
 import asyncio
@@ -50,6 +53,7 @@ class Subtask:
         self,
         name: str,
         index: int,
+        parallelism: int,
         operators: list[tuple[str, Operator]],
         writers: list[RecordWriter],
         restored: dict[str, Any],
@@ -58,6 +62,7 @@ class Subtask:
     ) -> None:
         self.name = name
         self.index = index
+        self.parallelism = parallelism
         self.operators = operators
         self.writers = writers
         self.restored = restored
@@ -95,19 +100,23 @@ class Subtask:
             await operator.notify_checkpoint_complete(checkpoint_id)
 
     async def release_checkpoints(self, dropped: list[dict], kept: list[dict]) -> None:
-        """Let each operator release its state in the `dropped` checkpoints' metadata."""
+        """Let each operator release its share of the state in the `dropped` checkpoints'
+        metadata: that of the old subtasks j with j % parallelism == index, so that each old
+        subtask's state is released exactly once whatever the parallelism it was taken with. What
+        any subtask keeps in the `kept` checkpoints stays."""
         for uid, operator in self.operators:
             await operator.release_checkpoints(
-                self._states_in(uid, dropped), self._states_in(uid, kept)
+                self._states_in(uid, dropped, mine=True), self._states_in(uid, kept, mine=False)
             )
 
-    def _states_in(self, uid: str, checkpoints: list[dict]) -> list[Any]:
-        """This subtask's state of operator `uid` in each checkpoint that has one."""
+    def _states_in(self, uid: str, checkpoints: list[dict], mine: bool) -> list[Any]:
+        """The states of operator `uid` in `checkpoints`: this subtask's share, or all."""
         states = []
         for metadata in checkpoints:
             subtasks = metadata["operators"].get(uid, {}).get("subtasks", [])
-            if self.index < len(subtasks) and subtasks[self.index] is not None:
-                states.append(subtasks[self.index])
+            for old_index, state in enumerate(subtasks):
+                if state is not None and (not mine or old_index % self.parallelism == self.index):
+                    states.append(state)
         return states
 
     async def _end(self) -> None:

@@ -18,7 +18,7 @@ and clean-up times are keyed event-time timers, so both are part of checkpoints.
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from statebackend import ListStateDescriptor, ValueStateDescriptor
+from statebackend import ListStateDescriptor, StateDescriptor, ValueStateDescriptor
 from streamlet.elements import Record
 from streamlet.functions import AggregateFunction, OutputTag, WindowFunction
 from streamlet.keyed import KeyedOperator
@@ -182,6 +182,9 @@ class WindowOperator(KeyedOperator):
         self._contents = contents
         self._lateness = allowed_lateness_ms
         self._late_tag = late_data_tag
+
+    def state_descriptors(self) -> list[StateDescriptor]:
+        return [*super().state_descriptors(), self._contents.descriptor, SESSIONS]
 
     async def open(self, state: Any | None) -> None:
         await super().open(state)

@@ -1,7 +1,8 @@
 """A bounded source over an in-memory sequence.
 
-Subtask i of p reads the items at positions i, i+p, i+2p...; its position is how many of them it
-has emitted.
+Subtask i of p reads the items at positions i, i+p, i+2p... (its split,
+`streamlet.connectors.splits`); its position is where its splits are, and a restore with another
+parallelism moves the splits with their positions.
 
 >>> from streamlet import Job
 >>> from streamlet.connectors import CollectionSource, PrintSink
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streamlet.connectors.base import Source, SourceReader
+from streamlet.connectors.splits import IndexSplits, Split, initial_splits, redistribute_splits
 from streamlet.functions import RuntimeContext
 
 
@@ -25,29 +27,33 @@ class CollectionSource(Source):
         self.items = list(items)
 
     def create_reader(self, context: RuntimeContext) -> SourceReader:
-        return _CollectionReader(self.items[context.subtask_index :: context.parallelism])
+        return _CollectionReader(
+            self.items, initial_splits(context.subtask_index, context.parallelism)
+        )
+
+    def redistribute(self, positions: list[Any], parallelism: int) -> list[Any]:
+        return redistribute_splits(positions, parallelism)
 
 
 class _CollectionReader(SourceReader):
-    def __init__(self, items: list[Any]) -> None:
+    def __init__(self, items: list[Any], splits: list[Split]) -> None:
         self._items = items
-        self._next = 0
+        self._splits = IndexSplits(splits, len(items))
 
     async def open(self, position: Any | None) -> None:
-        self._next = 0 if position is None else int(position)
+        if position is not None:
+            self._splits = IndexSplits(position, len(self._items))
 
     async def read_batch(self, max_records: int) -> list[Any]:
-        batch = self._items[self._next : self._next + max_records]
-        self._next += len(batch)
-        return batch
+        return [self._items[index] for index in self._splits.take(max_records)]
 
     @property
     def finished(self) -> bool:
-        return self._next >= len(self._items)
+        return self._splits.finished
 
     @property
     def has_input(self) -> bool:
-        return bool(self._items)
+        return not self._splits.finished
 
-    def position(self) -> int:
-        return self._next
+    def position(self) -> list[Split]:
+        return self._splits.position()

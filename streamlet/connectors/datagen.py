@@ -1,12 +1,13 @@
 """A data generator source: `generate(index, rng)` produces record `index`, optionally rate-limited
 and bounded.
 
-Records are numbered 0, 1, 2...; subtask i of p produces the indices i, i+p, i+2p... . Each call
-gets a `random.Random` freshly seeded from `(seed, index)` (do not keep it), so the same index
-always gives the same record, also after a restore (the position is the number of records the
-subtask produced); `source.record(index)` computes one. `rate` is the
-total records per second over all subtasks (None: as fast as possible), `count` the total number of
-records (None: unbounded).
+Records are numbered 0, 1, 2...; subtask i of p produces the indices i, i+p, i+2p... (its split,
+`streamlet.connectors.splits`; a restore with another parallelism moves the splits with their
+positions). Each call gets a `random.Random` freshly seeded from `(seed, index)` (do not keep it),
+so the same index always gives the same record, also after a restore; `source.record(index)`
+computes one. `rate` is the total records per second over all subtasks (each reader produces its
+splits' share of it; None: as fast as possible), `count` the total number of records (None:
+unbounded).
 
 >>> from streamlet import Job
 >>> from streamlet.connectors import DataGeneratorSource, PrintSink
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamlet.connectors.base import Source, SourceReader
+from streamlet.connectors.splits import IndexSplits, Split, initial_splits, redistribute_splits
 from streamlet.functions import RuntimeContext
 
 Generator = Callable[[int, random.Random], Any]
@@ -57,63 +59,48 @@ class DataGeneratorSource(Source):
         return self.generate(index, self._rng)
 
     def create_reader(self, context: RuntimeContext) -> SourceReader:
-        index, parallelism = context.subtask_index, context.parallelism
-        share = None
-        if self.count is not None:
-            share = len(range(index, self.count, parallelism))
-        rate = None if self.rate is None else self.rate / parallelism
-        return _GeneratorReader(self, index, parallelism, share, rate)
+        return _GeneratorReader(self, initial_splits(context.subtask_index, context.parallelism))
+
+    def redistribute(self, positions: list[Any], parallelism: int) -> list[Any]:
+        return redistribute_splits(positions, parallelism)
 
 
 class _GeneratorReader(SourceReader):
-    def __init__(
-        self,
-        source: DataGeneratorSource,
-        subtask: int,
-        parallelism: int,
-        share: int | None,
-        rate: float | None,
-    ) -> None:
+    def __init__(self, source: DataGeneratorSource, splits: list[Split]) -> None:
         self._source = source
-        self._subtask = subtask
-        self._parallelism = parallelism
-        self._share = share
-        self._rate = rate
+        self._splits = IndexSplits(splits, source.count)
+        self._rate: float | None = None
         self._produced = 0
         self._started_at = 0.0
-        self._produced_at_start = 0
 
     async def open(self, position: Any | None) -> None:
-        self._produced = 0 if position is None else int(position)
+        if position is not None:
+            self._splits = IndexSplits(position, self._source.count)
+        if self._source.rate is not None:
+            self._rate = self._source.rate * self._splits.share
         self._started_at = time.monotonic()
-        self._produced_at_start = self._produced
 
     async def read_batch(self, max_records: int) -> list[Any]:
         wanted = max_records
-        if self._share is not None:
-            wanted = min(wanted, self._share - self._produced)
         if self._rate is not None:
             elapsed = time.monotonic() - self._started_at
-            allowed = int(elapsed * self._rate) - (self._produced - self._produced_at_start)
+            allowed = int(elapsed * self._rate) - self._produced
             if allowed <= 0:
                 await asyncio.sleep(min(_MAX_WAIT_S, (1 - allowed) / self._rate))
                 return []
             wanted = min(wanted, allowed)
         record = self._source.record
-        first = self._subtask + self._produced * self._parallelism
-        batch = [
-            record(i) for i in range(first, first + wanted * self._parallelism, self._parallelism)
-        ]
+        batch = [record(index) for index in self._splits.take(wanted)]
         self._produced += len(batch)
         return batch
 
     @property
     def finished(self) -> bool:
-        return self._share is not None and self._produced >= self._share
+        return self._splits.finished
 
     @property
     def has_input(self) -> bool:
-        return self._share != 0
+        return not self._splits.finished
 
-    def position(self) -> int:
-        return self._produced
+    def position(self) -> list[Split]:
+        return self._splits.position()

@@ -3,7 +3,8 @@ and an at-least-once sink (aiokafka).
 
 `KafkaSource(topic, bootstrap_servers)`: partition p goes to subtask `p % parallelism`; no consumer
 group is used, the offsets of the next records to read are the source's checkpointed position, so a
-restore resumes exactly after the last checkpoint. Without a position a partition starts at
+restore resumes exactly after the last checkpoint (with another parallelism too: each partition's
+offset moves to the subtask that reads the partition). Without a position a partition starts at
 `start` ("earliest" or "latest"). With `bounded=True` the source reads up to the end offsets it
 finds when it starts and then finishes. A subtask without partitions is idle (it does not hold
 back watermarks).
@@ -23,6 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streamlet.connectors.base import Sink, SinkWriter, Source, SourceReader
+from streamlet.errors import CheckpointError
 from streamlet.functions import RuntimeContext
 
 _POLL_TIMEOUT_MS = 100
@@ -59,6 +61,23 @@ class KafkaSource(Source):
 
     def create_reader(self, context: RuntimeContext) -> SourceReader:
         return _KafkaReader(self, context.subtask_index, context.parallelism)
+
+    def redistribute(self, positions: list[Any], parallelism: int) -> list[Any]:
+        """Every partition's offset goes to the new subtask that reads it (p % parallelism)."""
+        offsets: dict[int, int] = {}
+        for position in positions:
+            offsets.update(_offsets(position))
+        return [
+            {str(p): offset for p, offset in offsets.items() if p % parallelism == index}
+            for index in range(parallelism)
+        ]
+
+
+def _offsets(position: Any) -> dict[int, int]:
+    try:
+        return {int(partition): int(offset) for partition, offset in position.items()}
+    except (AttributeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"not Kafka offsets by partition: {position!r:.100}") from e
 
 
 class _KafkaReader(SourceReader):

@@ -70,6 +70,9 @@ class HeldSource(Source):
     def create_reader(self, context: RuntimeContext) -> SourceReader:
         return _HeldReader(self.source.create_reader(context), self.limit, self.release)
 
+    def redistribute(self, positions: list[Any], parallelism: int) -> list[Any]:
+        return self.source.redistribute(positions, parallelism)
+
 
 class _HeldReader(SourceReader):
     def __init__(

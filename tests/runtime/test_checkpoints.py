@@ -13,7 +13,7 @@ import pytest
 from streamlet import AggregateFunction, Job, TumblingEventTimeWindows, WatermarkStrategy
 from streamlet.checkpoint import CheckpointStorage
 from streamlet.connectors import DataGeneratorSource, Source
-from streamlet.errors import CheckpointError, OperatorError
+from streamlet.errors import OperatorError
 from streamlet.executor import execute_job
 from streamlet.metrics import JobMetrics
 from tests.runtime.support import CollectSink, HeldSource, local_config, progress_or_end
@@ -70,7 +70,8 @@ async def test_metadata_holds_source_positions_and_state_handles(tmp_path: Path)
     metadata = storage.latest()
     assert metadata is not None and metadata["checkpoint_id"] == ids[0]
     operators = metadata["operators"]
-    assert [s["position"] for s in operators["1-keys"]["subtasks"]] == [1500, 1500]
+    # Each source subtask's split [next index, stride]: past its 1500 records of 3000.
+    assert [s["position"] for s in operators["1-keys"]["subtasks"]] == [[[3000, 2]], [[3001, 2]]]
     handles = operators["counter"]["subtasks"]
     assert [h["backend"]["scope"] for h in handles] == ["metadata/counter/0", "metadata/counter/1"]
     assert handles[0]["backend"]["key_groups"] == [0, 63]
@@ -156,13 +157,6 @@ async def test_a_failure_beyond_the_restart_attempts_is_raised(tmp_path: Path) -
         await execute_job(job, config)
 
 
-async def test_restoring_with_another_parallelism_is_refused(tmp_path: Path) -> None:
-    config = local_config(tmp_path)
-    await execute_job(counting_job("rescale", CollectSink(), 10), config, parallelism=2)
-    with pytest.raises(CheckpointError, match="parallelism 2, not 3"):
-        await execute_job(counting_job("rescale", CollectSink(), 10), config, parallelism=3)
-
-
 async def test_checkpoints_on_s3(tmp_path: Path, s3_bucket) -> None:
     config = {
         "checkpoint.dir": s3_bucket.path("chk"),
@@ -231,11 +225,11 @@ class CountRecords(AggregateFunction):
         return a + b
 
 
-def _state_files(root: Path) -> set[str]:
+def state_files(root: Path) -> set[str]:
     return {path.as_uri() for path in root.rglob("*") if path.is_file()}
 
 
-def _referenced_files(storage: CheckpointStorage) -> set[str]:
+def referenced_state_files(storage: CheckpointStorage) -> set[str]:
     return {
         path
         for checkpoint_id in storage.checkpoint_ids()
@@ -269,7 +263,7 @@ async def test_state_of_dropped_checkpoints_is_released(tmp_path: Path, backend:
     storage = CheckpointStorage(config["checkpoint.dir"], "retain", {})
     assert len(storage.checkpoint_ids()) == 2
     state_root = tmp_path / "state" / "retain"
-    assert _state_files(state_root) == _referenced_files(storage)
+    assert state_files(state_root) == referenced_state_files(storage)
     # A rerun restores the latest checkpoint, and releases the state of the checkpoints the
     # first run left behind once they fall out of retention.
     first_ids = storage.checkpoint_ids()
@@ -277,4 +271,4 @@ async def test_state_of_dropped_checkpoints_is_released(tmp_path: Path, backend:
     assert second.restored_checkpoint == first_ids[0]
     assert storage.checkpoint_ids()[1:] == first_ids[:1]  # the older one left by the first run
     assert final_counts(sink) == dict(expected(count))
-    assert _state_files(state_root) == _referenced_files(storage)
+    assert state_files(state_root) == referenced_state_files(storage)

@@ -27,12 +27,14 @@ async def test_file_source_resumes_from_a_position(tmp_path: Path) -> None:
     (tmp_path / "in" / "b.txt").write_text("b1\nb2\n")
     (tmp_path / "in" / ".hidden").write_text("never\n")
     reader = FileSource(str(tmp_path / "in")).create_reader(context())
-    await reader.open([0, 2])
-    lines = []
+    a, b = str(tmp_path / "in" / "a.txt"), str(tmp_path / "in" / "b.txt")
+    await reader.open([[a, 2], [b, 0]])
+    lines = await reader.read_batch(2)
+    assert reader.position() == [[b, 0]]  # a.txt is done
     while not reader.finished:
         lines += await reader.read_batch(2)
     assert lines == ["a3", "b1", "b2"]
-    assert reader.position() == [2, 0]
+    assert reader.position() == []
 
 
 async def test_file_source_spreads_files_over_subtasks(tmp_path: Path) -> None:
