@@ -16,7 +16,7 @@ from statebackend.lsm.compaction_job import (
     CompactionSpec,
     CompactionStats,
 )
-from statebackend.lsm.table import TableMeta, TableOptions
+from statebackend.lsm.meta import TableMeta, TableOptions
 
 _MAX_MS = (1 << 63) - 1  # a time in ms since the epoch: anything an int64 holds
 _MAX_TABLE = 1 << 40  # 1 TiB, and as many entries: far beyond any table the LSM writes
@@ -82,6 +82,9 @@ def _table_to_proto(t: TableMeta) -> pb.TableMeta:
         tombstones=t.tombstones,
         min_expiry_ms=t.min_expiry_ms,
         creator=t.creator,
+        root=t.root,
+        clip_start=t.clip_start,
+        clip_end=t.clip_end,
     )
 
 
@@ -97,6 +100,9 @@ def _table_from_proto(m: pb.TableMeta) -> TableMeta:
         tombstones=m.tombstones,
         min_expiry_ms=m.min_expiry_ms if m.HasField("min_expiry_ms") else None,
         creator=m.creator,
+        root=m.root,
+        clip_start=m.clip_start if m.HasField("clip_start") else None,
+        clip_end=m.clip_end if m.HasField("clip_end") else None,
     )
 
 

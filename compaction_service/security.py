@@ -1,16 +1,18 @@
 """What the compaction service lets a request touch, and who may send one.
 
-- `RootGuard`: the service reads and writes only below its allowed roots. A spec's `db_root` must
-  normalise (with fsspec's own URL parsing) to a path equal to or below an allowed root of the
-  same protocol, with no `..` component and no chained (`a::b`) URL; the table names and the
-  output prefix it implies must be plain file names. A protocol that fsspec does not know, or
-  whose driver is not installed, is refused like any other location outside the roots. On a
+- `RootGuard`: the service reads and writes only below its allowed roots. A spec's `db_root`, and
+  the root of every input table that names one (a table of another DB, shared after a rescale),
+  must normalise (with fsspec's own URL parsing) to a path equal to or below an allowed root of
+  the same protocol, with no `..` component and no chained (`a::b`) URL; the table names and
+  the output prefix it implies must be plain file names. A protocol that fsspec does not know,
+  or whose driver is not installed, is refused like any other location outside the roots. On a
   local file system the comparison is between real paths (symbolic links resolved, the roots'
   too): the `db_root`, its `tables` folder (where outputs are written) and every input table must
   resolve inside an allowed root, so a link that leaves the root is refused. `confine` returns
-  the spec with its `db_root` replaced by that real path; the servicer confines a request before
-  admitting it, and the worker confines its task again right before opening any file, so a link
-  swapped in while the task waited in the queue is refused too. Anything else is `AccessDenied`.
+  the spec with its `db_root` and its input tables' roots replaced by those real paths; the
+  servicer confines a request before admitting it, and the worker confines its task again right
+  before opening any file, so a link swapped in while the task waited in the queue is refused
+  too. Outputs always go to the spec's own `db_root`. Anything else is `AccessDenied`.
 - `TokenInterceptor`: when a token is configured, every call except health checks must carry
   `authorization: Bearer <token>` (compared in constant time), else UNAUTHENTICATED.
 - `UndecodableRequests`: a request message that does not decode is answered INVALID_ARGUMENT and
@@ -38,6 +40,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from statebackend.lsm.compaction_job import CompactionSpec
 from statebackend.lsm.files import is_plain_name, table_path, tables_dir
+from statebackend.lsm.meta import TableMeta
 
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 AUTH_HEADER = "authorization"
@@ -119,20 +122,35 @@ class RootGuard:
             raise AccessDenied(f"{what} {path!r} resolves to {real!r}, outside the allowed roots")
 
     def confine(self, spec: CompactionSpec) -> CompactionSpec:
-        """`spec` once every file it reads or writes (in `<db_root>/tables/`) is known to lie
-        below an allowed root; on a local file system with `db_root` as its real path."""
+        """`spec` once every file it reads (in `<root or db_root>/tables/`) or writes (in
+        `<db_root>/tables/`) is known to lie below an allowed root; on a local file system with
+        `db_root` and every input's root as their real paths."""
         for compaction_input in spec.inputs:
             for table in compaction_input.tables:
                 _plain_name(table.name, "input table")
         _plain_name(spec.output_prefix, "output prefix")
         location = self._allowed(spec.db_root)
+        roots = {t.root: self._allowed(t.root) for i in spec.inputs for t in i.tables if t.root}
+        if location.local:
+            self._check_real(tables_dir(location.path), "the tables folder")  # outputs go there
+        inputs = tuple(
+            replace(
+                i,
+                tables=tuple(self._confine_table(t, roots.get(t.root, location)) for t in i.tables),
+            )
+            for i in spec.inputs
+        )
         if not location.local:
-            return spec
-        self._check_real(tables_dir(location.path), "the tables folder")  # outputs go there
-        for compaction_input in spec.inputs:
-            for table in compaction_input.tables:
-                self._check_real(table_path(location.path, table.name), "input table")
-        return replace(spec, db_root=f"file://{location.path}")
+            return replace(spec, inputs=inputs)
+        return replace(spec, db_root=f"file://{location.path}", inputs=inputs)
+
+    def _confine_table(self, table: TableMeta, location: _Location) -> TableMeta:
+        """An input table, its file checked to resolve inside the roots on a local file system
+        (where a table of another root gets that root's real path)."""
+        if not location.local:
+            return table
+        self._check_real(table_path(location.path, table.name), "input table")
+        return replace(table, root=f"file://{location.path}") if table.root else table
 
 
 _SHAPES = {  # (request_streaming, response_streaming) -> the handler's behaviour attribute

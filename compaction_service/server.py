@@ -2,9 +2,10 @@
 
 A Compact request is decoded and checked (INVALID_ARGUMENT, PERMISSION_DENIED; a request that
 does not decode at all is answered INVALID_ARGUMENT by `UndecodableRequests`, with one
-rate-limited log line), confined to the allowed roots (its tasks carry the real `db_root`, and
-each worker checks again before it opens a file), split into subcompactions when it is large
-enough, admitted as tasks (RESOURCE_EXHAUSTED at once when the queue is full) and awaited. Every
+rate-limited log line), confined to the allowed roots (its tasks carry the real `db_root` and
+input roots, and each worker checks again before it opens a file), split into subcompactions when
+it is large enough, admitted as tasks (RESOURCE_EXHAUSTED at once when the queue is full) and
+awaited. Every
 request gets a fresh run token, and each of its tasks writes under its own run prefix
 (`files.service_run_prefix`, the naming rules of docs/lsm-protocol.md): inside the prefix the
 primary protects, but unique to this run and piece, so deleting a run's outputs never touches

@@ -6,16 +6,17 @@ outputs, and their concatenation is exactly what the whole compaction would have
 into a few more files).
 
 Boundaries come from the input tables' metadata alone (no file is read): each table's bytes are
-assumed spread evenly over its key range, keys are projected to integers (the 8 bytes after the
-common prefix of the compacted range), and the boundaries cut the total into equal parts. Physical
-keys start with a hashed key group, so this is close to even in practice.
+assumed spread evenly over its effective key range (a clipped reference counts its whole file),
+keys are projected to integers (the 8 bytes after the common prefix of the compacted range), and
+the boundaries cut the total into equal parts. Physical keys start with a hashed key group, so
+this is close to even in practice.
 """
 
 from collections.abc import Sequence
 from dataclasses import replace
 
 from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec, CompactionStats
-from statebackend.lsm.table import TableMeta
+from statebackend.lsm.meta import TableMeta
 
 _WIDTH = 8  # bytes of a key (after the common prefix) that the projection looks at
 
@@ -37,9 +38,9 @@ def split_ranges(spec: CompactionSpec, pieces: int) -> list[tuple[bytes | None, 
     tables = [t for i in spec.inputs for t in i.tables]
     if pieces < 2 or not tables:
         return [spec.key_range]
-    lo = min(t.smallest for t in tables)
+    lo = min(t.lo for t in tables)
     lo = lo if start is None else max(lo, start)
-    hi = max(t.largest for t in tables)
+    hi = max(t.hi for t in tables)
     hi = hi if end is None else min(hi, end)
     if lo >= hi:
         return [spec.key_range]
@@ -50,7 +51,7 @@ def split_ranges(spec: CompactionSpec, pieces: int) -> list[tuple[bytes | None, 
             return 0 if key < prefix else (1 << (8 * _WIDTH)) - 1
         return int.from_bytes(key[len(prefix) : len(prefix) + _WIDTH].ljust(_WIDTH, b"\0"), "big")
 
-    spans = [(project(t.smallest), project(t.largest), t.size) for t in tables]
+    spans = [(project(t.lo), project(t.hi), t.size) for t in tables]
     x_lo, x_hi = project(lo), project(hi)
 
     def weight_below(x: int) -> float:

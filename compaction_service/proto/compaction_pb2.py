@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)compaction_service/proto/compaction.proto\x12\x17streamlet.compaction.v1\"n\n\x0cTableOptions\x12\x12\n\nblock_size\x18\x01 \x01(\x04\x12\x1a\n\x12\x62loom_bits_per_key\x18\x02 \x01(\r\x12\x13\n\x0b\x63ompression\x18\x03 \x01(\t\x12\x19\n\x11\x63ompression_level\x18\x04 \x01(\x05\"\xae\x01\n\tTableMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08smallest\x18\x03 \x01(\x0c\x12\x0f\n\x07largest\x18\x04 \x01(\x0c\x12\x0f\n\x07\x65ntries\x18\x05 \x01(\x04\x12\x12\n\ntombstones\x18\x06 \x01(\x04\x12\x1a\n\rmin_expiry_ms\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07\x63reator\x18\x08 \x01(\tB\x10\n\x0e_min_expiry_ms\"T\n\x0f\x43ompactionInput\x12\r\n\x05level\x18\x01 \x01(\r\x12\x32\n\x06tables\x18\x02 \x03(\x0b\x32\".streamlet.compaction.v1.TableMeta\"B\n\x08KeyRange\x12\x12\n\x05start\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x12\x10\n\x03\x65nd\x18\x02 \x01(\x0cH\x01\x88\x01\x01\x42\x08\n\x06_startB\x06\n\x04_end\"\x94\x03\n\x0e\x43ompactionSpec\x12\x14\n\x0cspec_version\x18\x01 \x01(\r\x12\x15\n\rcompaction_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x62_root\x18\x03 \x01(\t\x12\x38\n\x06inputs\x18\x04 \x03(\x0b\x32(.streamlet.compaction.v1.CompactionInput\x12\x14\n\x0coutput_level\x18\x05 \x01(\r\x12\x18\n\x10target_file_size\x18\x06 \x01(\x04\x12\x12\n\nbottommost\x18\x07 \x01(\x08\x12\x1a\n\rttl_cutoff_ms\x18\x08 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\routput_prefix\x18\t \x01(\t\x12<\n\rtable_options\x18\n \x01(\x0b\x32%.streamlet.compaction.v1.TableOptions\x12\x34\n\tkey_range\x18\x0b \x01(\x0b\x32!.streamlet.compaction.v1.KeyRange\x12\r\n\x05score\x18\x0c \x01(\x01\x42\x10\n\x0e_ttl_cutoff_ms\"\xcb\x01\n\x0f\x43ompactionStats\x12\x15\n\rinput_entries\x18\x01 \x01(\x04\x12\x16\n\x0eoutput_entries\x18\x02 \x01(\x04\x12\x1a\n\x12\x64ropped_tombstones\x18\x03 \x01(\x04\x12\x17\n\x0f\x64ropped_expired\x18\x04 \x01(\x04\x12\x13\n\x0binput_bytes\x18\x05 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x63pu_seconds\x18\x07 \x01(\x01\x12\x14\n\x0cwall_seconds\x18\x08 \x01(\x01\"\xaf\x01\n\x10\x43ompactionResult\x12\x16\n\x0eresult_version\x18\x01 \x01(\r\x12\x15\n\rcompaction_id\x18\x02 \x01(\t\x12\x33\n\x07outputs\x18\x03 \x03(\x0b\x32\".streamlet.compaction.v1.TableMeta\x12\x37\n\x05stats\x18\x04 \x01(\x0b\x32(.streamlet.compaction.v1.CompactionStats\"e\n\x0e\x43ompactRequest\x12\x35\n\x04spec\x18\x01 \x01(\x0b\x32\'.streamlet.compaction.v1.CompactionSpec\x12\x1c\n\x14\x61llow_subcompactions\x18\x02 \x01(\x08\"{\n\x0f\x43ompactResponse\x12\x39\n\x06result\x18\x01 \x01(\x0b\x32).streamlet.compaction.v1.CompactionResult\x12\x16\n\x0esubcompactions\x18\x02 \x01(\r\x12\x15\n\rqueue_seconds\x18\x03 \x01(\x01\"7\n\rCancelRequest\x12\x0f\n\x07\x64\x62_root\x18\x01 \x01(\t\x12\x15\n\rcompaction_id\x18\x02 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"\\\n\tJobStatus\x12\x15\n\rcompaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x62_root\x18\x02 \x01(\t\x12\x0e\n\x06worker\x18\x03 \x01(\r\x12\x17\n\x0frunning_seconds\x18\x04 \x01(\x01\"\x9b\x01\n\x0cWorkerStatus\x12\x0e\n\x06worker\x18\x01 \x01(\r\x12\r\n\x05\x61live\x18\x02 \x01(\x08\x12\x0e\n\x06queued\x18\x03 \x01(\r\x12\x14\n\x0cqueued_bytes\x18\x04 \x01(\x04\x12\x1d\n\x15running_compaction_id\x18\x05 \x01(\t\x12\x11\n\tcompleted\x18\x06 \x01(\x04\x12\x14\n\x0c\x62usy_seconds\x18\x07 \x01(\x01\"\xa2\x01\n\x06Totals\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x11\n\tcompleted\x18\x02 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x04\x12\x11\n\tcancelled\x18\x04 \x01(\x04\x12\x10\n\x08rejected\x18\x05 \x01(\x04\x12\x13\n\x0binput_bytes\x18\x06 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x07 \x01(\x04\x12\x13\n\x0b\x63pu_seconds\x18\x08 \x01(\x01\"\xe6\x01\n\x0eStatusResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0e\n\x06queued\x18\x02 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x03 \x01(\r\x12\x33\n\x07running\x18\x04 \x03(\x0b\x32\".streamlet.compaction.v1.JobStatus\x12\x36\n\x07workers\x18\x05 \x03(\x0b\x32%.streamlet.compaction.v1.WorkerStatus\x12/\n\x06totals\x18\x06 \x01(\x0b\x32\x1f.streamlet.compaction.v1.Totals2\xa7\x02\n\x11\x43ompactionService\x12\\\n\x07\x43ompact\x12\'.streamlet.compaction.v1.CompactRequest\x1a(.streamlet.compaction.v1.CompactResponse\x12Y\n\x06\x43\x61ncel\x12&.streamlet.compaction.v1.CancelRequest\x1a\'.streamlet.compaction.v1.CancelResponse\x12Y\n\x06Status\x12&.streamlet.compaction.v1.StatusRequest\x1a\'.streamlet.compaction.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)compaction_service/proto/compaction.proto\x12\x17streamlet.compaction.v1\"n\n\x0cTableOptions\x12\x12\n\nblock_size\x18\x01 \x01(\x04\x12\x1a\n\x12\x62loom_bits_per_key\x18\x02 \x01(\r\x12\x13\n\x0b\x63ompression\x18\x03 \x01(\t\x12\x19\n\x11\x63ompression_level\x18\x04 \x01(\x05\"\x88\x02\n\tTableMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08smallest\x18\x03 \x01(\x0c\x12\x0f\n\x07largest\x18\x04 \x01(\x0c\x12\x0f\n\x07\x65ntries\x18\x05 \x01(\x04\x12\x12\n\ntombstones\x18\x06 \x01(\x04\x12\x1a\n\rmin_expiry_ms\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07\x63reator\x18\x08 \x01(\t\x12\x0c\n\x04root\x18\t \x01(\t\x12\x17\n\nclip_start\x18\n \x01(\x0cH\x01\x88\x01\x01\x12\x15\n\x08\x63lip_end\x18\x0b \x01(\x0cH\x02\x88\x01\x01\x42\x10\n\x0e_min_expiry_msB\r\n\x0b_clip_startB\x0b\n\t_clip_end\"T\n\x0f\x43ompactionInput\x12\r\n\x05level\x18\x01 \x01(\r\x12\x32\n\x06tables\x18\x02 \x03(\x0b\x32\".streamlet.compaction.v1.TableMeta\"B\n\x08KeyRange\x12\x12\n\x05start\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x12\x10\n\x03\x65nd\x18\x02 \x01(\x0cH\x01\x88\x01\x01\x42\x08\n\x06_startB\x06\n\x04_end\"\x94\x03\n\x0e\x43ompactionSpec\x12\x14\n\x0cspec_version\x18\x01 \x01(\r\x12\x15\n\rcompaction_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x62_root\x18\x03 \x01(\t\x12\x38\n\x06inputs\x18\x04 \x03(\x0b\x32(.streamlet.compaction.v1.CompactionInput\x12\x14\n\x0coutput_level\x18\x05 \x01(\r\x12\x18\n\x10target_file_size\x18\x06 \x01(\x04\x12\x12\n\nbottommost\x18\x07 \x01(\x08\x12\x1a\n\rttl_cutoff_ms\x18\x08 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\routput_prefix\x18\t \x01(\t\x12<\n\rtable_options\x18\n \x01(\x0b\x32%.streamlet.compaction.v1.TableOptions\x12\x34\n\tkey_range\x18\x0b \x01(\x0b\x32!.streamlet.compaction.v1.KeyRange\x12\r\n\x05score\x18\x0c \x01(\x01\x42\x10\n\x0e_ttl_cutoff_ms\"\xcb\x01\n\x0f\x43ompactionStats\x12\x15\n\rinput_entries\x18\x01 \x01(\x04\x12\x16\n\x0eoutput_entries\x18\x02 \x01(\x04\x12\x1a\n\x12\x64ropped_tombstones\x18\x03 \x01(\x04\x12\x17\n\x0f\x64ropped_expired\x18\x04 \x01(\x04\x12\x13\n\x0binput_bytes\x18\x05 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x63pu_seconds\x18\x07 \x01(\x01\x12\x14\n\x0cwall_seconds\x18\x08 \x01(\x01\"\xaf\x01\n\x10\x43ompactionResult\x12\x16\n\x0eresult_version\x18\x01 \x01(\r\x12\x15\n\rcompaction_id\x18\x02 \x01(\t\x12\x33\n\x07outputs\x18\x03 \x03(\x0b\x32\".streamlet.compaction.v1.TableMeta\x12\x37\n\x05stats\x18\x04 \x01(\x0b\x32(.streamlet.compaction.v1.CompactionStats\"e\n\x0e\x43ompactRequest\x12\x35\n\x04spec\x18\x01 \x01(\x0b\x32\'.streamlet.compaction.v1.CompactionSpec\x12\x1c\n\x14\x61llow_subcompactions\x18\x02 \x01(\x08\"{\n\x0f\x43ompactResponse\x12\x39\n\x06result\x18\x01 \x01(\x0b\x32).streamlet.compaction.v1.CompactionResult\x12\x16\n\x0esubcompactions\x18\x02 \x01(\r\x12\x15\n\rqueue_seconds\x18\x03 \x01(\x01\"7\n\rCancelRequest\x12\x0f\n\x07\x64\x62_root\x18\x01 \x01(\t\x12\x15\n\rcompaction_id\x18\x02 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"\\\n\tJobStatus\x12\x15\n\rcompaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x62_root\x18\x02 \x01(\t\x12\x0e\n\x06worker\x18\x03 \x01(\r\x12\x17\n\x0frunning_seconds\x18\x04 \x01(\x01\"\x9b\x01\n\x0cWorkerStatus\x12\x0e\n\x06worker\x18\x01 \x01(\r\x12\r\n\x05\x61live\x18\x02 \x01(\x08\x12\x0e\n\x06queued\x18\x03 \x01(\r\x12\x14\n\x0cqueued_bytes\x18\x04 \x01(\x04\x12\x1d\n\x15running_compaction_id\x18\x05 \x01(\t\x12\x11\n\tcompleted\x18\x06 \x01(\x04\x12\x14\n\x0c\x62usy_seconds\x18\x07 \x01(\x01\"\xa2\x01\n\x06Totals\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x11\n\tcompleted\x18\x02 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x04\x12\x11\n\tcancelled\x18\x04 \x01(\x04\x12\x10\n\x08rejected\x18\x05 \x01(\x04\x12\x13\n\x0binput_bytes\x18\x06 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x07 \x01(\x04\x12\x13\n\x0b\x63pu_seconds\x18\x08 \x01(\x01\"\xe6\x01\n\x0eStatusResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0e\n\x06queued\x18\x02 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x03 \x01(\r\x12\x33\n\x07running\x18\x04 \x03(\x0b\x32\".streamlet.compaction.v1.JobStatus\x12\x36\n\x07workers\x18\x05 \x03(\x0b\x32%.streamlet.compaction.v1.WorkerStatus\x12/\n\x06totals\x18\x06 \x01(\x0b\x32\x1f.streamlet.compaction.v1.Totals2\xa7\x02\n\x11\x43ompactionService\x12\\\n\x07\x43ompact\x12\'.streamlet.compaction.v1.CompactRequest\x1a(.streamlet.compaction.v1.CompactResponse\x12Y\n\x06\x43\x61ncel\x12&.streamlet.compaction.v1.CancelRequest\x1a\'.streamlet.compaction.v1.CancelResponse\x12Y\n\x06Status\x12&.streamlet.compaction.v1.StatusRequest\x1a\'.streamlet.compaction.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,35 +34,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TABLEOPTIONS']._serialized_start=70
   _globals['_TABLEOPTIONS']._serialized_end=180
   _globals['_TABLEMETA']._serialized_start=183
-  _globals['_TABLEMETA']._serialized_end=357
-  _globals['_COMPACTIONINPUT']._serialized_start=359
-  _globals['_COMPACTIONINPUT']._serialized_end=443
-  _globals['_KEYRANGE']._serialized_start=445
-  _globals['_KEYRANGE']._serialized_end=511
-  _globals['_COMPACTIONSPEC']._serialized_start=514
-  _globals['_COMPACTIONSPEC']._serialized_end=918
-  _globals['_COMPACTIONSTATS']._serialized_start=921
-  _globals['_COMPACTIONSTATS']._serialized_end=1124
-  _globals['_COMPACTIONRESULT']._serialized_start=1127
-  _globals['_COMPACTIONRESULT']._serialized_end=1302
-  _globals['_COMPACTREQUEST']._serialized_start=1304
-  _globals['_COMPACTREQUEST']._serialized_end=1405
-  _globals['_COMPACTRESPONSE']._serialized_start=1407
-  _globals['_COMPACTRESPONSE']._serialized_end=1530
-  _globals['_CANCELREQUEST']._serialized_start=1532
-  _globals['_CANCELREQUEST']._serialized_end=1587
-  _globals['_CANCELRESPONSE']._serialized_start=1589
-  _globals['_CANCELRESPONSE']._serialized_end=1624
-  _globals['_STATUSREQUEST']._serialized_start=1626
-  _globals['_STATUSREQUEST']._serialized_end=1641
-  _globals['_JOBSTATUS']._serialized_start=1643
-  _globals['_JOBSTATUS']._serialized_end=1735
-  _globals['_WORKERSTATUS']._serialized_start=1738
-  _globals['_WORKERSTATUS']._serialized_end=1893
-  _globals['_TOTALS']._serialized_start=1896
-  _globals['_TOTALS']._serialized_end=2058
-  _globals['_STATUSRESPONSE']._serialized_start=2061
-  _globals['_STATUSRESPONSE']._serialized_end=2291
-  _globals['_COMPACTIONSERVICE']._serialized_start=2294
-  _globals['_COMPACTIONSERVICE']._serialized_end=2589
+  _globals['_TABLEMETA']._serialized_end=447
+  _globals['_COMPACTIONINPUT']._serialized_start=449
+  _globals['_COMPACTIONINPUT']._serialized_end=533
+  _globals['_KEYRANGE']._serialized_start=535
+  _globals['_KEYRANGE']._serialized_end=601
+  _globals['_COMPACTIONSPEC']._serialized_start=604
+  _globals['_COMPACTIONSPEC']._serialized_end=1008
+  _globals['_COMPACTIONSTATS']._serialized_start=1011
+  _globals['_COMPACTIONSTATS']._serialized_end=1214
+  _globals['_COMPACTIONRESULT']._serialized_start=1217
+  _globals['_COMPACTIONRESULT']._serialized_end=1392
+  _globals['_COMPACTREQUEST']._serialized_start=1394
+  _globals['_COMPACTREQUEST']._serialized_end=1495
+  _globals['_COMPACTRESPONSE']._serialized_start=1497
+  _globals['_COMPACTRESPONSE']._serialized_end=1620
+  _globals['_CANCELREQUEST']._serialized_start=1622
+  _globals['_CANCELREQUEST']._serialized_end=1677
+  _globals['_CANCELRESPONSE']._serialized_start=1679
+  _globals['_CANCELRESPONSE']._serialized_end=1714
+  _globals['_STATUSREQUEST']._serialized_start=1716
+  _globals['_STATUSREQUEST']._serialized_end=1731
+  _globals['_JOBSTATUS']._serialized_start=1733
+  _globals['_JOBSTATUS']._serialized_end=1825
+  _globals['_WORKERSTATUS']._serialized_start=1828
+  _globals['_WORKERSTATUS']._serialized_end=1983
+  _globals['_TOTALS']._serialized_start=1986
+  _globals['_TOTALS']._serialized_end=2148
+  _globals['_STATUSRESPONSE']._serialized_start=2151
+  _globals['_STATUSRESPONSE']._serialized_end=2381
+  _globals['_COMPACTIONSERVICE']._serialized_start=2384
+  _globals['_COMPACTIONSERVICE']._serialized_end=2679
 # @@protoc_insertion_point(module_scope)

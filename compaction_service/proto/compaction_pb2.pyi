@@ -19,7 +19,7 @@ class TableOptions(_message.Message):
     def __init__(self, block_size: _Optional[int] = ..., bloom_bits_per_key: _Optional[int] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ...) -> None: ...
 
 class TableMeta(_message.Message):
-    __slots__ = ("name", "size", "smallest", "largest", "entries", "tombstones", "min_expiry_ms", "creator")
+    __slots__ = ("name", "size", "smallest", "largest", "entries", "tombstones", "min_expiry_ms", "creator", "root", "clip_start", "clip_end")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SMALLEST_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,9 @@ class TableMeta(_message.Message):
     TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
     MIN_EXPIRY_MS_FIELD_NUMBER: _ClassVar[int]
     CREATOR_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    CLIP_START_FIELD_NUMBER: _ClassVar[int]
+    CLIP_END_FIELD_NUMBER: _ClassVar[int]
     name: str
     size: int
     smallest: bytes
@@ -36,7 +39,10 @@ class TableMeta(_message.Message):
     tombstones: int
     min_expiry_ms: int
     creator: str
-    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., smallest: _Optional[bytes] = ..., largest: _Optional[bytes] = ..., entries: _Optional[int] = ..., tombstones: _Optional[int] = ..., min_expiry_ms: _Optional[int] = ..., creator: _Optional[str] = ...) -> None: ...
+    root: str
+    clip_start: bytes
+    clip_end: bytes
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., smallest: _Optional[bytes] = ..., largest: _Optional[bytes] = ..., entries: _Optional[int] = ..., tombstones: _Optional[int] = ..., min_expiry_ms: _Optional[int] = ..., creator: _Optional[str] = ..., root: _Optional[str] = ..., clip_start: _Optional[bytes] = ..., clip_end: _Optional[bytes] = ...) -> None: ...
 
 class CompactionInput(_message.Message):
     __slots__ = ("level", "tables")

@@ -1,17 +1,34 @@
 """The `lsm` state backend: `LsmStoreFactory` opens an `LsmDB` per operator subtask as a `KvStore`.
 
-- DB root: `context.checkpoint_dir/context.scope/db`, unless the option `lsm.root` overrides it.
-  The DB's files live there for good: checkpoints pin manifest versions instead of copying files.
+- DB root: `context.checkpoint_dir/context.scope/db` (the subtask's *base* root), unless the
+  option `lsm.root` overrides it; a DB that adopts other DBs' versions gets a fresh root next to
+  it (`<base>-<hex 32>`, `files.new_adopting_root`). The DB's files live there for good:
+  checkpoints pin manifest versions instead of copying files.
 - snapshot(checkpoint_id): flush, then pin the committed version. The handle is
   `{backend, format, db_root, manifest: FileRef dict (path, size, xxh3), epoch, checkpoint_id,
-  key_groups}`. The runtime releases the checkpoint (`release`) when it falls out of retention;
-  what a pin keeps and when its files go: docs/lsm-protocol.md, "Checkpoint pins".
+  key_groups}`. The runtime releases the checkpoint (`release`) when it falls out of retention,
+  through any store of the operator: a handle of another root (an old subtask's after a
+  rescale) is released with a release marker there; what a pin keeps and when its files go:
+  docs/lsm-protocol.md, "Checkpoint pins" and "Retired roots".
+- savepoint(checkpoint_id, directory): a native savepoint: the committed version pinned by a
+  savepoint pin and its manifest copied into `directory`; no table is copied. Its handle is the
+  snapshot handle without `checkpoint_id`, with `manifest` naming the copy (a file reference in
+  the directory, so the savepoint's metadata can name it relative to it) and `savepoint_pin` the
+  pin; `LsmStoreFactory.dispose_savepoint` lets go of it (docs/lsm-protocol.md, "Savepoint
+  pins").
 - TTL: compactions drop entries that expired by the backend's clock (`context.clock`), never by
   the wall clock.
-- restore: verify the pinned manifest against the handle (missing: MissingCheckpointDataError,
-  damaged: CorruptCheckpointError, malformed handle: InvalidHandleError), then open the handle's
-  root at that manifest with a new epoch (fencing any older writer). Tables are read lazily, so
-  restore time does not grow with the state size.
+- restore (`open` with a handle of the store's key groups): verify the handle's manifest (missing:
+  MissingCheckpointDataError, damaged: CorruptCheckpointError, malformed handle:
+  InvalidHandleError). A checkpoint of one of this subtask's own roots (its base root or an
+  adopting root made from it) is taken over: that root opens at the pinned manifest with a new
+  epoch, fencing any older writer. Any other handle (a savepoint, another job's or operator's
+  checkpoint) is adopted like a rescale source: a restore never fences a DB it does not own.
+- rescale (`open_rescaled`): a new DB adopts the sources' versions clipped to its key groups
+  (`adoption`), in a fresh root, without copying a table; roots of this operator's old subtasks
+  are retired (their subtasks no longer run). `export` reads a snapshot's entries in a key range
+  from its pinned version, read-only, keeping no local file.
+- Tables are read lazily, so restore and rescale time do not grow with the state size.
 
 Options (`context.options`, all optional, strings are converted, the `lsm.` prefix optional):
 `lsm.<field>` for every field of `LsmOptions` (e.g. `lsm.memtable_bytes`, `lsm.block_cache_bytes`,
@@ -30,18 +47,29 @@ import posixpath
 import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fsspec.core import split_protocol
 
-from statebackend.dfs import FileRef, join, read_verified
-from statebackend.errors import InvalidHandleError
+from statebackend.dfs import FileRef, filesystem, join, read_verified
+from statebackend.errors import (
+    CorruptCheckpointError,
+    InvalidHandleError,
+    MissingCheckpointDataError,
+)
+from statebackend.lsm import files, reads
+from statebackend.lsm.adoption import assemble, clip
+from statebackend.lsm.cache import TableCache
 from statebackend.lsm.compactor import IN_PROCESS_PROTOCOLS, Compactor, create_compactor
 from statebackend.lsm.db import LsmDB
-from statebackend.lsm.files import manifest_path, parse_manifest_name
+from statebackend.lsm.manifest import CorruptManifestError, decode
+from statebackend.lsm.meta import TableOptions
 from statebackend.lsm.options import PREFIX, LsmOptions
-from statebackend.lsm.table import TableOptions
-from statebackend.store import StoreContext, StoreHandle
+from statebackend.lsm.pins import delete_pin
+from statebackend.lsm.sharing import collect_retired, retire_newest
+from statebackend.lsm.version import MAX_LEVELS, Version
+from statebackend.store import RescaleSource, StoreContext, StoreHandle, key_range
 
 NAME = "lsm"
 HANDLE_FORMAT = 1
@@ -67,8 +95,7 @@ class LsmStore:
     def scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
         return self.db.scan(start, end)
 
-    def snapshot(self, checkpoint_id: int) -> StoreHandle:
-        manifest = self.db.checkpoint(checkpoint_id)
+    def _handle(self, manifest: FileRef) -> StoreHandle:
         kg = self._context.key_group_range
         return {
             "backend": NAME,
@@ -76,9 +103,17 @@ class LsmStore:
             "db_root": self.db.root,
             "manifest": manifest.to_dict(),
             "epoch": self.db.epoch,
-            "checkpoint_id": checkpoint_id,
             "key_groups": [kg.start, kg.end],
         }
+
+    def snapshot(self, checkpoint_id: int) -> StoreHandle:
+        return {**self._handle(self.db.checkpoint(checkpoint_id)), "checkpoint_id": checkpoint_id}
+
+    def savepoint(self, checkpoint_id: int, directory: str) -> StoreHandle:
+        """A native savepoint in `directory` (an fsspec URL): see the module docstring. Its handle
+        has no `checkpoint_id`: no `release` ever applies to it."""
+        manifest, pin = self.db.savepoint(directory)
+        return {**self._handle(manifest), "savepoint_pin": pin}
 
     def metrics(self) -> dict[str, float]:
         """Compactions installed, by where they ran, and their CPU seconds (for progress lines)."""
@@ -91,13 +126,31 @@ class LsmStore:
         }
 
     def release(self, handle: StoreHandle, retained: Sequence[StoreHandle]) -> None:
-        """Unpin a checkpoint that is no longer retained (the retained ones keep their pins)."""
-        if handle.get("db_root") == self.db.root:
-            self.db.release_checkpoint(int(handle["checkpoint_id"]))
+        """Unpin a checkpoint that is no longer retained (the retained ones keep their pins): one
+        of this DB's root in its manifest, one of another root with a release marker there.
+        Savepoints are never released here (`LsmStoreFactory.dispose_savepoint`)."""
+        snap = _parse_handle(handle)
+        if snap.checkpoint_id is None:
+            return
+        if snap.root == self.db.root:
+            self.db.release_checkpoint(snap.checkpoint_id)
+        else:
+            self.db.release_checkpoint_of(snap.root, snap.checkpoint_id)
 
     def dispose(self) -> None:
-        self.db.close()
+        """Close the DB for good: its root is retired (docs/lsm-protocol.md, "Retired roots")."""
+        self.db.close(retire_root=True)
         shutil.rmtree(self._local_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """How a store of one context is opened."""
+
+    base: str  # the subtask's base root
+    operator_roots: bool  # whether roots of the operator's other subtasks can be recognized
+    options: LsmOptions
+    local_dir: str
 
 
 class LsmStoreFactory:
@@ -124,7 +177,7 @@ class LsmStoreFactory:
                 self._shared[key] = create_compactor(mode, options, key[2])
             return self._shared[key]
 
-    def open(self, context: StoreContext, restore: StoreHandle | None) -> LsmStore:
+    def _settings(self, context: StoreContext) -> _Settings:
         # Plain names of LSM options are taken too; other plain names belong to other layers,
         # while an unknown `lsm.` name is a typo (parse_options rejects it).
         raw = {
@@ -132,21 +185,100 @@ class LsmStoreFactory:
             for k, v in context.options.items()
             if k.startswith(PREFIX) or k in option_names()
         }
-        root = str(raw.pop("root", join(context.checkpoint_dir, context.scope, "db")))
+        configured = raw.pop("root", None)
+        base = str(configured or join(context.checkpoint_dir, context.scope, "db"))
         local_dir = os.path.join(context.local_dir, context.scope)
         raw.setdefault("local_dir", local_dir)
-        options = parse_options(raw)
-        compactor = self._compactor_for(context)
+        return _Settings(base.rstrip("/"), configured is None, parse_options(raw), local_dir)
+
+    def _db(self, context: StoreContext, settings: _Settings, root: str, **kwargs: Any) -> LsmDB:
+        return LsmDB(
+            root,
+            settings.options,
+            context.storage_options,
+            self._compactor_for(context),
+            clock=context.clock,
+            **kwargs,
+        )
+
+    def open(self, context: StoreContext, restore: StoreHandle | None) -> LsmStore:
+        settings = self._settings(context)
         if restore is None:
-            db = LsmDB(
-                root, options, context.storage_options, compactor, fresh=True, clock=context.clock
+            db = self._db(context, settings, settings.base, fresh=True)
+            return LsmStore(db, context, settings.local_dir)
+        snap = _parse_handle(restore)
+        expected = [context.key_group_range.start, context.key_group_range.end]
+        if snap.key_groups != expected:
+            raise InvalidHandleError(
+                f"{NAME} handle is for key groups {snap.key_groups}, this store owns {expected}"
             )
-        else:
-            root, number = _check_handle(restore, context)
-            db = LsmDB(
-                root, options, context.storage_options, compactor, number, clock=context.clock
-            )
-        return LsmStore(db, context, local_dir)
+        if snap.savepoint_pin is None and files.is_root_of(settings.base, snap.root):
+            read_verified(snap.manifest, context.storage_options)  # Missing/CorruptCheckpointError
+            db = self._db(context, settings, snap.root, restore_manifest=snap.number)
+            return LsmStore(db, context, settings.local_dir)
+        source = RescaleSource(restore, context.key_group_range)
+        return self.open_rescaled(context, [source])
+
+    def open_rescaled(self, context: StoreContext, sources: Sequence[RescaleSource]) -> LsmStore:
+        """A store of `context`'s key groups adopting the sources' versions, clipped to them, in
+        a fresh root: no table is copied (docs/lsm-protocol.md, "Adopting versions of other
+        databases")."""
+        settings = self._settings(context)
+        num_levels = settings.options.num_levels
+        parts, roots = [], []
+        for source in sources:
+            snap = _parse_handle(source.handle)
+            if snap.key_groups != [source.key_groups.start, source.key_groups.end]:
+                raise InvalidHandleError(
+                    f"{NAME} handle of {snap.root} is for key groups {snap.key_groups}, not "
+                    f"{source.key_groups.start}..{source.key_groups.end}"
+                )
+            version = _read_version(snap, context.storage_options, num_levels)
+            start, end = key_range(source.key_groups, context.key_group_range)
+            parts.append(clip(version, snap.root, start, end))
+            roots.append(snap.root)
+        try:
+            version = assemble(parts, num_levels)
+        except ValueError as e:
+            raise InvalidHandleError(f"the {NAME} snapshots cannot be combined: {e}") from e
+        root = files.new_adopting_root(settings.base)
+        try:
+            db = self._db(context, settings, root, adopt=version)
+        except BaseException:
+            _remove_root(root, context.storage_options)  # a failed restore leaves nothing
+            raise
+        if settings.operator_roots:
+            for old in roots:
+                if _of_same_operator(settings.base, old):
+                    retire_newest(old, context.storage_options)
+        return LsmStore(db, context, settings.local_dir)
+
+    def export(
+        self, context: StoreContext, handle: StoreHandle, start: bytes, end: bytes
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """The live entries of snapshot `handle` with start <= key < end, read from its pinned
+        version without opening its DB: nothing is written, no local file is kept."""
+        snap = _parse_handle(handle)
+        version = _read_version(snap, context.storage_options, MAX_LEVELS)
+        fs, path = filesystem(snap.root, context.storage_options)
+        tables = TableCache(fs, path, 0, 0, context.local_dir, context.storage_options)
+        try:
+            yield from reads.entries(version, start, end, tables)
+        except FileNotFoundError as e:
+            raise MissingCheckpointDataError(
+                f"a table of the {NAME} snapshot in {snap.root} is missing: {e}"
+            ) from e
+
+    def dispose_savepoint(self, context: StoreContext, handle: StoreHandle) -> None:
+        """Let go of a native savepoint: delete its pin, then collect its root if that is retired
+        (a live root's writer collects it). Idempotent."""
+        snap = _parse_handle(handle)
+        if snap.savepoint_pin is None:
+            raise InvalidHandleError(f"{NAME} handle of {snap.root} is not a savepoint's")
+        fs, path = filesystem(snap.root, context.storage_options)
+        delete_pin(fs, path, snap.savepoint_pin)
+        grace = self._settings(context).options.gc_grace_s
+        collect_retired(snap.root, context.storage_options, grace)
 
 
 def option_names() -> set[str]:
@@ -188,29 +320,78 @@ def _convert(key: str, value: Any, kind: Any) -> Any:
         raise ValueError(f"LSM option {PREFIX}{key}: cannot use {value!r}") from e
 
 
-def _check_handle(handle: StoreHandle, context: StoreContext) -> tuple[str, int]:
-    """The DB root and pinned manifest number of a verified handle."""
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a store handle names."""
+
+    root: str
+    manifest: FileRef  # the pinned manifest (of a savepoint: its copy)
+    number: int | None  # of a checkpoint: the manifest's number in `root`
+    key_groups: list[int]
+    checkpoint_id: int | None  # None for a savepoint
+    savepoint_pin: str | None
+
+
+def _parse_handle(handle: StoreHandle) -> _Snapshot:
+    """InvalidHandleError unless `handle` is a well-formed handle of this backend."""
     if not isinstance(handle, Mapping) or handle.get("backend") != NAME:
         raise InvalidHandleError(f"malformed {NAME} store handle (not of {NAME}): {handle!r:.200}")
     if handle.get("format") != HANDLE_FORMAT:
         raise InvalidHandleError(f"{NAME} handle of unknown format {handle.get('format')!r}")
-    root, kg = handle.get("db_root"), handle.get("key_groups")
+    root, kg, pin = handle.get("db_root"), handle.get("key_groups"), handle.get("savepoint_pin")
+    checkpoint_id = handle.get("checkpoint_id")
     try:
         ref = FileRef.from_dict(handle["manifest"])
     except (KeyError, TypeError, ValueError) as e:
         raise InvalidHandleError(f"malformed {NAME} store handle: {handle!r:.200}") from e
-    number = parse_manifest_name(posixpath.basename(ref.path))
-    if (
-        not isinstance(root, str)
-        or not isinstance(kg, list)
-        or number is None
-        or ref.path != manifest_path(root, number)
+    number = files.parse_manifest_name(posixpath.basename(ref.path))
+    if pin is None:
+        valid = (
+            isinstance(checkpoint_id, int)
+            and isinstance(root, str)
+            and number is not None
+            and ref.path == files.manifest_path(root, number)
+        )
+    else:
+        parsed = files.parse_pin_name(pin) if isinstance(pin, str) else None
+        valid = parsed is not None and parsed.kind == files.SAVEPOINT and checkpoint_id is None
+    if not (
+        valid
+        and isinstance(root, str)
+        and isinstance(kg, list)
+        and len(kg) == 2
+        and all(isinstance(g, int) for g in kg)
     ):
         raise InvalidHandleError(f"malformed {NAME} store handle: {handle!r:.200}")
-    expected = [context.key_group_range.start, context.key_group_range.end]
-    if kg != expected:
-        raise InvalidHandleError(
-            f"{NAME} handle is for key groups {kg}, this store owns {expected}"
-        )
-    read_verified(ref, context.storage_options)  # Missing/CorruptCheckpointError
-    return root, number
+    return _Snapshot(root.rstrip("/"), ref, number if pin is None else None, kg, checkpoint_id,
+                     pin)
+
+
+def _read_version(snap: _Snapshot, storage_options: Mapping[str, Any], levels: int) -> Version:
+    """The version a handle pins, its manifest verified against the handle."""
+    data = read_verified(snap.manifest, storage_options)  # Missing/CorruptCheckpointError
+    try:
+        return decode(data, snap.manifest.path, levels).version
+    except CorruptManifestError as e:
+        raise CorruptCheckpointError(str(e)) from e
+    except ValueError as e:  # more levels than this DB has
+        raise InvalidHandleError(f"{NAME} snapshot {snap.manifest.path}: {e}") from e
+
+
+def _of_same_operator(base: str, root: str) -> bool:
+    """Whether `root` is a DB root of a subtask of the operator whose subtask has the base root
+    `base` (`<checkpoint_dir>/<job>/<operator>/<subtask>/db`, or an adopting root made from
+    one): another parallelism restoring its snapshots means that subtask no longer runs."""
+    subtask_dir = posixpath.dirname(root)
+    return posixpath.dirname(subtask_dir) == posixpath.dirname(
+        posixpath.dirname(base)
+    ) and files.is_root_of(f"{subtask_dir}/db", root)
+
+
+def _remove_root(root: str, storage_options: Mapping[str, Any]) -> None:
+    fs, path = filesystem(root, storage_options)
+    try:
+        fs.rm(path, recursive=True)
+    except (FileNotFoundError, OSError):
+        pass  # best effort: an empty root without manifests holds nothing
+

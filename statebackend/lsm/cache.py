@@ -1,7 +1,9 @@
 """The local cache of a disaggregated LSM DB: decoded blocks in memory, whole table files on disk.
 
-- `TableCache`: the open `TableReader`s of a DB by table name (as LevelDB's table cache), reading
-  through the two caches below.
+- `TableCache`: the open `TableReader`s of a DB (as LevelDB's table cache), one per table file,
+  keyed by (root, name) (`TableMeta.key`: a DB may reference tables of other roots), reading
+  through the two caches below. A reader of another root's table is named by its path, so its
+  blocks and its errors never mix with a table of the same name in the DB's own root.
 - `BlockCache`: an LRU of decoded blocks keyed by (table name, block offset), bounded by the bytes
   the table reader charges for each block. Table readers consult it (see table.BlockCache).
 - `FileCache`: an LRU of whole table files copied from the DFS to a local directory, bounded in
@@ -18,12 +20,16 @@ import tempfile
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 
-from statebackend.lsm.files import table_path
-from statebackend.lsm.table import FsFileSource, TableMeta, TableReader
+from statebackend.dfs import filesystem
+from statebackend.lsm.files import root_id, table_label, table_path
+from statebackend.lsm.meta import TableMeta, table_key
+from statebackend.lsm.table import FsFileSource, TableReader
 
 
 @dataclass(frozen=True)
@@ -179,8 +185,8 @@ class CachedSource:
 
 
 class TableCache:
-    """Open readers by table name. Readers are immutable, so `readers` is read without a lock and
-    a racing duplicate open is harmless."""
+    """Open readers by `TableMeta.key`. Readers are immutable, so `readers` is read without a lock
+    and a racing duplicate open is harmless. With both capacities 0 it keeps no local file."""
 
     def __init__(
         self,
@@ -189,31 +195,47 @@ class TableCache:
         block_cache_bytes: int,
         file_cache_bytes: int,
         local_dir: str,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.fs = fs
         self.root_path = root_path
+        self.storage_options = dict(storage_options or {})
+        self._roots: dict[str, tuple[fsspec.AbstractFileSystem, str]] = {"": (fs, root_path)}
         self.readers: dict[str, TableReader] = {}
         self.blocks = BlockCache(block_cache_bytes) if block_cache_bytes > 0 else None
         self.files = FileCache(local_dir, file_cache_bytes) if file_cache_bytes > 0 else None
 
+    def _location(self, root: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The file system and path of `root` ("": the DB's own root)."""
+        location = self._roots.get(root)
+        if location is None:
+            location = self._roots[root] = filesystem(root, self.storage_options)
+        return location
+
+    def reader(self, t: TableMeta) -> TableReader:
+        return self.readers.get(t.key) or self.open(t)
+
     def open(self, t: TableMeta) -> TableReader:
-        path = table_path(self.root_path, t.name)
+        fs, root_path = self._location(t.root)
+        path = table_path(root_path, t.name)
+        name, local = _names(t.root, t.name)
         source = (
-            self.files.source(self.fs, path, t.name, t.size)
+            self.files.source(fs, path, local, t.size)
             if self.files is not None
-            else FsFileSource(self.fs, path, t.size)
+            else FsFileSource(fs, path, t.size)
         )
-        reader = TableReader(source, t.name, self.blocks)
-        self.readers[t.name] = reader
+        reader = TableReader(source, name, self.blocks)
+        self.readers[t.key] = reader
         return reader
 
-    def evict(self, name: str) -> None:
-        """Forget a deleted table."""
-        self.readers.pop(name, None)
+    def evict(self, root: str, name: str) -> None:
+        """Forget a table: deleted, or (of another root) no longer referenced."""
+        self.readers.pop(table_key(root, name), None)
+        reader_name, local = _names(root, name)
         if self.blocks is not None:
-            self.blocks.discard_table(name)
+            self.blocks.discard_table(reader_name)
         if self.files is not None:
-            self.files.discard(name)
+            self.files.discard(local)
 
     def stats(self) -> CacheStats:
         b, f = self.blocks, self.files
@@ -229,3 +251,8 @@ class TableCache:
     def close(self) -> None:
         if self.files is not None:
             self.files.close()
+
+
+def _names(root: str, name: str) -> tuple[str, str]:
+    """A table's reader name (`files.table_label`) and the name of its copy in the file cache."""
+    return table_label(root, name), (f"{root_id(root)}-{name}" if root else name)

@@ -4,9 +4,11 @@ service run the same function. Specs and results are pickled between the process
 machine; over the network they travel as the compaction service's protobuf messages
 (`compaction_service/proto`), the one wire format.
 
-`run_compaction` reads only the table files the spec names (in the DB's tables folder), merges
-them newest first, drops what the spec allows it to drop, and writes new tables named under the
-spec's output prefix (`files.compaction_output_name`). It changes nothing else: installing the
+`run_compaction` reads only the table files the spec names, each from its root (the DB's own,
+`db_root`, unless the input names another) and only the keys inside its effective range (its clip,
+docs/lsm-protocol.md "Table references"), merges them newest first, drops what the spec allows it
+to drop, and writes new tables into the DB's own tables folder, named under the spec's output
+prefix (`files.compaction_output_name`). It changes nothing else: installing the
 result or deleting its outputs is the DB's job (docs/lsm-protocol.md). On any error it deletes
 the outputs it wrote and re-raises.
 
@@ -28,19 +30,13 @@ from statebackend.lsm.files import (
     compaction_output_name,
     is_plain_name,
     new_output_token,
+    table_label,
     table_path,
     tables_dir,
 )
 from statebackend.lsm.merge import merge_batches
-from statebackend.lsm.table import (
-    Batch,
-    FsFileSource,
-    TableBuilder,
-    TableMeta,
-    TableOptions,
-    TableReader,
-    remove_quietly,
-)
+from statebackend.lsm.meta import TableMeta, TableOptions
+from statebackend.lsm.table import Batch, FsFileSource, TableBuilder, TableReader, remove_quietly
 from statebackend.ttl import expiry_of
 
 SPEC_VERSION = 1
@@ -52,7 +48,7 @@ _PREFETCH_THREADS = 4
 @dataclass(frozen=True)
 class CompactionInput:
     """Input tables of one level: at level 0 each table is a run (newest first); at a level >= 1
-    the tables form one sorted run of non-overlapping tables."""
+    the tables form one sorted run of references whose effective ranges do not overlap."""
 
     level: int
     tables: tuple[TableMeta, ...]
@@ -62,7 +58,7 @@ class CompactionInput:
 class CompactionSpec:
     version: int  # SPEC_VERSION
     compaction_id: str
-    db_root: str  # fsspec URL of the DB root (files.tables_dir: where the tables are)
+    db_root: str  # fsspec URL of the DB root: where the outputs go, and inputs without a root are
     inputs: tuple[CompactionInput, ...]  # newest first (L0 before Ln before Ln+1)
     output_level: int
     target_file_size: int
@@ -139,7 +135,9 @@ class _Job:
     def __init__(self, spec: CompactionSpec, storage_options: Mapping[str, Any], creator: str):
         self.spec = spec
         self.creator = creator
+        self.storage_options = storage_options
         self.fs, self.root = dfs.filesystem(spec.db_root, storage_options)
+        self.roots: dict[str, tuple[Any, str]] = {"": (self.fs, self.root)}  # input roots
         self.token = new_output_token()  # outputs of a retried or duplicated run never collide
         self.sources: list[_CountingSource] = []
         self.outputs: list[TableMeta] = []
@@ -162,9 +160,9 @@ class _Job:
             if compaction_input.level == 0:
                 runs.extend(self.run((t,)) for t in compaction_input.tables)
             else:
-                tables = sorted(compaction_input.tables, key=lambda t: t.smallest)
+                tables = sorted(compaction_input.tables, key=lambda t: t.lo)
                 for a, b in zip(tables, tables[1:], strict=False):
-                    if not a.largest < b.smallest:
+                    if not a.hi <= b.lo:
                         raise ValueError(
                             f"compaction {self.spec.compaction_id}: level {compaction_input.level} "
                             f"input tables {a.name} and {b.name} overlap"
@@ -172,18 +170,26 @@ class _Job:
                 runs.append(self.run(tuple(tables)))
         return runs
 
+    def location(self, root: str) -> tuple[Any, str]:
+        """The file system and path of an input's root ("": the DB's own)."""
+        if root not in self.roots:
+            self.roots[root] = dfs.filesystem(root, self.storage_options)
+        return self.roots[root]
+
     def run(self, tables: tuple[TableMeta, ...]) -> Iterator[Batch]:
-        """The entries of consecutive `tables` within the key range; opens each table lazily."""
+        """The entries of consecutive `tables` within the key range and each one's effective
+        range; opens each table lazily."""
         start, end = self.spec.key_range
         for meta in tables:
-            if (start is not None and meta.largest < start) or (
-                end is not None and meta.smallest >= end
-            ):
+            lo = meta.lo if start is None else max(start, meta.lo)
+            hi = meta.hi if end is None else min(end, meta.hi)
+            if lo >= hi:
                 continue
-            source = _CountingSource(self.fs, table_path(self.root, meta.name), meta.size)
+            fs, root = self.location(meta.root)
+            source = _CountingSource(fs, table_path(root, meta.name), meta.size)
             self.sources.append(source)
-            reader = TableReader(source, meta.name)
-            for batch in reader.iter_batches(start, end, _READAHEAD, self.prefetch):
+            reader = TableReader(source, table_label(meta.root, meta.name))
+            for batch in reader.iter_batches(lo, hi, _READAHEAD, self.prefetch):
                 self.input_entries += len(batch[0])
                 yield batch
 
@@ -265,7 +271,8 @@ def run_compaction(
     storage_options: Mapping[str, Any] | None = None,
     creator: str | None = None,
 ) -> CompactionResult:
-    """Runs `spec`: merges its inputs into new tables in the DB's tables folder, returns them.
+    """Runs `spec`: merges its inputs (from their roots, within their clips) into new tables in
+    the DB's own tables folder, and returns them.
 
     `creator` is recorded in the outputs (default "compaction:<id>"; a remote worker may pass
     "remote:<host>"). On any error, deletes the outputs it wrote and re-raises.

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from statebackend.errors import CompactionError
 from statebackend.lifeline import exit_with_parent
 from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec, run_compaction
+from statebackend.lsm.meta import RefId
 from statebackend.lsm.picker import Pick, Reservation
 
 log = logging.getLogger(__name__)
@@ -216,11 +217,11 @@ class CompactionRegistry:
                 self._held.discard(spec.output_prefix)
         future.add_done_callback(lambda _: self.on_done())
 
-    def conflicts(self) -> tuple[set[str], list[Reservation]]:
-        """Tables that running compactions read, and the key ranges they write."""
+    def conflicts(self) -> tuple[set[RefId], list[Reservation]]:
+        """References that running compactions read, and the key ranges they write."""
         with self._lock:
             picks = [r.pick for r in self.running.values()]
-        busy = {n for p in picks for n in p.names()}
+        busy = {ref for p in picks for ref in p.refs()}
         reserved = [Reservation(p.output_level, *p.key_range()) for p in picks]
         return busy, reserved
 

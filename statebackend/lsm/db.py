@@ -1,4 +1,5 @@
-"""`LsmDB`: one disaggregated LSM database (memtables, versions, background work, checkpoints).
+"""`LsmDB`: one disaggregated LSM database (memtables, versions, background work, checkpoints,
+savepoints).
 
 Threads and invariants:
 - Foreground methods (put/delete/get/scan/flush/compact/checkpoint/...) are called by one thread
@@ -20,6 +21,9 @@ Threads and invariants:
 - Files are named, protected, installed or deleted by the rules of docs/lsm-protocol.md (with
   `files`); an invalid result counts as a failed compaction. Installed compactions are counted
   as remote when their result says it ran on a compaction service (`CompactionResult.remote`).
+- A version may reference (clipped) tables of other roots; reads go through `reads`, opening
+  through `opening`, and the reference pins and retired roots of shared files through
+  `sharing` (run after each collection, with `_gc_lock` held, which a savepoint also takes).
 - TTL: a compaction's TTL cut-off is the time of the DB's `clock` (the backend's), not wall time.
 """
 
@@ -27,17 +31,15 @@ import logging
 import tempfile
 import threading
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
-from itertools import chain
 from typing import Any, TypeVar
 
 import xxhash
 
-from statebackend.dfs import FileRef, filesystem
-from statebackend.errors import CompactionError, MissingCheckpointDataError
-from statebackend.lsm import files
+from statebackend.dfs import FileRef, filesystem, write_bytes
+from statebackend.errors import CompactionError
+from statebackend.lsm import files, reads
 from statebackend.lsm.cache import CacheStats, TableCache
 from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec
 from statebackend.lsm.compactor import CompactionRegistry, Compactor, LocalCompactor, Running
@@ -45,9 +47,13 @@ from statebackend.lsm.gc import GarbageCollector, GcResult
 from statebackend.lsm.manifest import Manifest, ManifestStore, ManifestWriter, encode
 from statebackend.lsm.memtable import Memtable
 from statebackend.lsm.merge import merge_runs
+from statebackend.lsm.meta import TableMeta
+from statebackend.lsm.opening import delete_markers, open_version
 from statebackend.lsm.options import LsmOptions
 from statebackend.lsm.picker import Pick, Picker, PickerOptions
-from statebackend.lsm.table import TableBuilder, TableMeta, remove_quietly
+from statebackend.lsm.pins import delete_pin, read_pins, write_pin
+from statebackend.lsm.sharing import SharedFiles, retire
+from statebackend.lsm.table import TableBuilder, remove_quietly
 from statebackend.lsm.version import Version, VersionEdit
 from statebackend.ttl import Clock, system_clock
 
@@ -64,8 +70,10 @@ class LsmDB:
     """A disaggregated LSM DB rooted at an fsspec URL; see the module docstring for threading.
 
     `restore_manifest` opens the version of that (pinned) manifest instead of the newest one;
-    `fresh` opens an empty version. Either way pins of retained checkpoints are kept. `clock`
-    (milliseconds since the epoch) decides which entries compactions drop as expired.
+    `fresh` opens an empty version; `adopt` opens a new root with that version, which references
+    tables of other roots (docs/lsm-protocol.md, "Adopting versions of other databases"). Pins of
+    retained checkpoints are kept, less those released by markers. `clock` (milliseconds since
+    the epoch) decides which entries compactions drop as expired.
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class LsmDB:
         restore_manifest: int | None = None,
         fresh: bool = False,
         clock: Clock = system_clock,
+        adopt: Version | None = None,
     ) -> None:
         self.root = root.rstrip("/")
         self.o = o = options or LsmOptions()
@@ -85,17 +94,29 @@ class LsmDB:
         self.fs, self._root_path = filesystem(self.root, self.storage_options)
         self.fs.makedirs(files.tables_dir(self._root_path), exist_ok=True)
         self._manifests = ManifestStore(self.fs, self._root_path, o.num_levels)
-        self._writer = ManifestWriter.open(self._manifests)
-        version, pins = self._initial_version(restore_manifest, fresh)
-        self._version = version
-        self._pins: dict[int, int] = dict(pins)
+        markers = read_pins(self.fs, self._root_path)
+        self._writer = ManifestWriter.open(self._manifests, max(markers.retired, default=0))
+        self._shared = SharedFiles(self.root, self.storage_options, o.gc_grace_s)
+        opening = open_version(
+            self._manifests, markers, self.root, self.storage_options, self._writer.epoch,
+            restore_manifest, fresh, adopt,
+        )
+        version = self._version = opening.version
+        self._pins: dict[int, int] = dict(opening.pins)
         # Reentrant: cancelling a future under the lock runs its done-callback, which notifies.
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._commit_lock = threading.Lock()
         self._gc_lock = threading.Lock()
-        self._manifest = self._writer.commit(version, self._pins)  # claims the epoch
+        try:
+            self._shared.cover(version.foreign())  # reference pins first
+            self._manifest = self._writer.commit(version, self._pins)  # claims the epoch
+        except BaseException:
+            if adopt is not None:  # nothing will ever commit in this new root
+                self._shared.references.reconcile({})
+            raise
         self.epoch = self._writer.epoch
+        delete_markers(self.fs, self._root_path, opening.obsolete_markers)
         self._mem = Memtable()
         self._imms: tuple[Memtable, ...] = ()  # oldest first
         self._in_use: dict[int, tuple[Version, int]] = {}  # versions held by iterators, refcounted
@@ -105,6 +126,7 @@ class LsmDB:
             o.block_cache_bytes,
             o.file_cache_bytes,
             o.local_dir or tempfile.gettempdir(),
+            self.storage_options,
         )
         self._own_compactor = compactor is None
         self.compactor: Compactor = compactor or LocalCompactor.for_protocols(
@@ -138,28 +160,6 @@ class LsmDB:
             target=self._bg_loop, name=f"lsm-bg-{self.epoch}", daemon=True
         )
         self._thread.start()
-
-    def _initial_version(self, restore: int | None, fresh: bool) -> tuple[Version, dict[int, int]]:
-        latest = self._manifests.latest()
-        pins = dict(latest.pins) if latest else {}
-        if restore is not None:
-            base = self._read_checkpoint_manifest(restore)
-            # The newest manifest knows which checkpoints were released since; keep its pins
-            # plus the pin of the version being restored.
-            pins.update((c, n) for c, n in base.pins.items() if n == restore)
-            return base.version, pins
-        if fresh or latest is None:
-            return Version.empty(self.o.num_levels), pins
-        return latest.version, pins
-
-    def _read_checkpoint_manifest(self, number: int) -> Manifest:
-        base = self._manifests.read_checkpoint(number)
-        missing = base.version.names().difference(files.list_tables(self.fs, self._root_path))
-        if missing:
-            raise MissingCheckpointDataError(
-                f"{self.root}: manifest {number} references missing tables {sorted(missing)[:5]}"
-            )
-        return base
 
     # ----------------------------------------------------------------------------- writes
 
@@ -223,23 +223,7 @@ class LsmDB:
             value = imm.data.get(key, _MISSING)
             if value is not _MISSING:
                 return value  # type: ignore[return-value]
-        version = self._version
-        tables = self._tables
-        readers = tables.readers
-        for t in version.levels[0]:
-            if t.smallest <= key <= t.largest:
-                found, value = (readers.get(t.name) or tables.open(t)).get(key)
-                if found:
-                    return value  # type: ignore[return-value]
-        for run, largest in version.runs:  # one sorted run per level >= 1: bisect to one table
-            i = bisect_left(largest, key)
-            if i < len(run):
-                t = run[i]
-                if t.smallest <= key:
-                    found, value = (readers.get(t.name) or tables.open(t)).get(key)
-                    if found:
-                        return value  # type: ignore[return-value]
-        return None
+        return reads.get(self._version, key, self._tables)[1]
 
     def scan(self, start: bytes | None, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """Entries with start <= key < end, ascending, as of this call (later writes are unseen)."""
@@ -250,13 +234,7 @@ class LsmDB:
             count = self._in_use.get(id(version), (version, 0))[1]
             self._in_use[id(version)] = (version, count + 1)
         runs += [iter(imm.range(start, end)) for imm in reversed(imms)]
-        runs += [
-            self._table_scan(t, start, end) for t in version.levels[0] if _overlaps(t, start, end)
-        ]
-        for level in version.levels[1:]:
-            tables = [t for t in level if _overlaps(t, start, end)]
-            if tables:
-                runs.append(chain.from_iterable(self._table_scan(t, start, end) for t in tables))
+        runs += reads.runs(version, start, end, self._tables)
         entries = self._live_entries(runs, version)
         next(entries)  # start it inside its try, so that dropping it unregisters the version
         return entries  # type: ignore[return-value]
@@ -277,10 +255,6 @@ class LsmDB:
                 else:
                     self._in_use[id(version)] = (v, count - 1)
 
-    def _table_scan(self, t: TableMeta, start: bytes | None, end: bytes | None) -> Iterator:
-        reader = self._tables.readers.get(t.name) or self._tables.open(t)
-        return reader.scan(start, end)
-
     # ----------------------------------------------------------------------------- checkpoints
 
     def checkpoint(self, checkpoint_id: int) -> FileRef:
@@ -295,6 +269,30 @@ class LsmDB:
         """Unpin a checkpoint's version; its files become garbage once nothing else uses them."""
         if checkpoint_id in self._pins:
             self._commit(None, unpin=checkpoint_id)
+
+    def release_checkpoint_of(self, root: str, checkpoint_id: int) -> None:
+        """Release a checkpoint of another root, which has no writer any more (an old subtask's
+        after a rescale): a release marker there, then that root's retired collection."""
+        self._shared.release_checkpoint(root, checkpoint_id)
+
+    def savepoint(self, directory: str) -> tuple[FileRef, str]:
+        """Flush and pin the committed version with a savepoint pin, and copy its manifest into
+        `directory` (an fsspec URL); no table is copied. Returns the copy and the pin's name.
+        The pin holds until `dispose_savepoint` deletes it (docs/lsm-protocol.md, "Savepoint
+        pins")."""
+        self.flush()
+        token = files.new_savepoint_token()
+        pin = files.savepoint_pin_name(token)
+        with self._gc_lock:  # no collection between choosing the manifest and pinning it
+            m = self._manifest
+            payload = {"manifest": m.number, "savepoint": directory}
+            write_pin(self.fs, self._root_path, pin, payload)
+        try:
+            url = f"{directory.rstrip('/')}/{files.savepoint_manifest_name(token)}"
+            return write_bytes(url, encode(m), self.storage_options), pin
+        except BaseException:
+            delete_pin(self.fs, self._root_path, pin)
+            raise
 
     @property
     def pins(self) -> dict[int, int]:
@@ -354,22 +352,25 @@ class LsmDB:
             # before it is live or protected in what is taken next (docs/lsm-protocol.md).
             listed = files.list_tables(self.fs, self._root_path)
             with self._lock:
-                in_use = self._version.names()
-                for v, _ in self._in_use.values():
-                    in_use |= v.names()
+                versions = [self._version, *(v for v, _ in self._in_use.values())]
                 protected = self._compactions.protected_prefixes()
                 if self._flushing is not None:
                     protected += (self._flushing,)
+            in_use = set().union(*(v.names() for v in versions))
             result = self._gc.collect(self.epoch, in_use, protected, listed)
-        for name in result.deleted_tables:
-            self._tables.evict(name)
+            dropped = self._shared.after_collection(versions, result.foreign)
+        for root, name in [*(("", n) for n in result.deleted_tables), *dropped]:
+            self._tables.evict(root, name)
         return result
 
     def cache_stats(self) -> CacheStats:
         return self._tables.stats()
 
-    def close(self) -> None:
-        """Stop background work. Writes not yet flushed are dropped (call flush() first)."""
+    def close(self, retire_root: bool = False) -> None:
+        """Stop background work. Writes not yet flushed are dropped (call flush() first).
+
+        `retire_root`: no writer will open this root again except to restore a pinned version,
+        so its collection may be run by anyone (docs/lsm-protocol.md, "Retired roots")."""
         with self._cond:
             if self._closed:
                 return
@@ -385,6 +386,8 @@ class LsmDB:
         if self._own_compactor:
             self.compactor.close()
         self._tables.close()
+        if retire_root and self._writer.fenced is None:
+            retire(self.root, self.storage_options, self.epoch, self._pins)
 
     # ----------------------------------------------------------------------------- background
 
@@ -492,9 +495,7 @@ class LsmDB:
                 return
             if pick.trivial_move:
                 (t,) = pick.inputs[0].tables
-                self._commit(
-                    VersionEdit(((pick.inputs[0].level, t.name),), ((pick.output_level, t),))
-                )
+                self._commit(VersionEdit(((pick.inputs[0].level, t),), ((pick.output_level, t),)))
                 log.info("trivial move of %s to level %d", t.name, pick.output_level)
             else:
                 self._submit(pick)
@@ -557,14 +558,14 @@ class LsmDB:
             self._compaction_failed(spec.compaction_id, r.done, e)
             return
         with self._lock:
-            live = {(n, t.name) for n, t in self._version.tables()}
-            inputs_live = all((i.level, t.name) in live for i in r.pick.inputs for t in i.tables)
+            live = {(n, t.ref_id) for n, t in self._version.tables()}
+            inputs_live = all((i.level, t.ref_id) in live for i in r.pick.inputs for t in i.tables)
         if not inputs_live:
             log.warning("compaction %s is stale; deleting its outputs", spec.compaction_id)
             self._delete_outputs(spec)
             return
         edit = VersionEdit(
-            removed=tuple((i.level, t.name) for i in r.pick.inputs for t in i.tables),
+            removed=tuple((i.level, t) for i in r.pick.inputs for t in i.tables),
             added=tuple((spec.output_level, t) for t in result.outputs),
         )
         try:
@@ -607,6 +608,3 @@ class LsmDB:
     def _delete_outputs(self, spec: CompactionSpec) -> None:
         files.delete_outputs(self.fs, self._root_path, spec.output_prefix)
 
-
-def _overlaps(t: TableMeta, start: bytes | None, end: bytes | None) -> bool:
-    return (start is None or t.largest >= start) and (end is None or t.smallest < end)

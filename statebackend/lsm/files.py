@@ -11,6 +11,10 @@ accept either):
 
     ROOT/tables/<table name>          immutable table files (docs/lsm-table-format.md)
     ROOT/manifest/<number>.manifest   immutable manifest versions (manifest.py)
+    ROOT/pins/<pin name>              immutable pin files (pins.py)
+
+A DB of a rescaled (or adopted) state gets a fresh root next to the root its subtask would use,
+`<base>-<hex 32>` (`new_adopting_root`); `is_root_of` tells a subtask's own roots from others.
 
 Names (`hex` is lower-case hexadecimal of the given length, drawn at random):
 
@@ -19,6 +23,14 @@ Names (`hex` is lower-case hexadecimal of the given length, drawn at random):
     service run prefix  <compaction prefix>r<run: hex 8>s<piece>-
     compaction output   <prefix><token: hex 16>-<seq:04d>.sst  (prefix: either prefix above)
     manifest            <number:012d>.manifest
+    reference pin       ref-<root id: hex 32>-<seq:06d>.pin   (root id: `root_id` of the
+                        referencing DB's root URL)
+    holds record        holds-<root id: hex 32>.pin   (in the referencing DB's root: it holds
+                        reference pins in the root of that id)
+    savepoint pin       savepoint-<token: hex 32>.pin
+    release marker      released-<checkpoint id>.pin
+    retirement marker   retired-<epoch:06d>.pin
+    savepoint manifest  lsm-<token: hex 32>.manifest   (in the savepoint's directory)
 
 Specs built elsewhere (tests, benchmarks) may use any plain prefix; outputs are then still named
 `<prefix><token>-<seq>.sst`, and everything here that works by prefix works with them.
@@ -33,6 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import fsspec
+import xxhash
 
 from statebackend.lsm.table import FOOTER_SIZE
 
@@ -43,8 +56,16 @@ log = logging.getLogger(__name__)
 
 TABLES_DIR = "tables"
 MANIFEST_DIR = "manifest"
+PINS_DIR = "pins"
 TABLE_SUFFIX = ".sst"
 MANIFEST_SUFFIX = ".manifest"
+PIN_SUFFIX = ".pin"
+# Kinds of pin files (`parse_pin_name`).
+REFERENCE = "ref"
+HOLDS = "holds"
+SAVEPOINT = "savepoint"
+RELEASED = "released"
+RETIRED = "retired"
 MANIFEST_DIGITS = 12
 FLUSH = "flush"
 COMPACTION = "compaction"
@@ -58,6 +79,12 @@ _OUTPUT_TAIL = r"(?:r(?P<run>[0-9a-f]{8})s(?P<piece>\d+)-)?[0-9a-f]{16}-(?P<seq>
 _OUTPUT_NAME = re.compile(_COMPACTION_PREFIX + _OUTPUT_TAIL)
 _TAIL = re.compile(_OUTPUT_TAIL)
 _MANIFEST_NAME = re.compile(rf"\d{{{MANIFEST_DIGITS}}}" + re.escape(MANIFEST_SUFFIX))
+_PIN_NAME = re.compile(
+    r"(?:ref-(?P<ref>[0-9a-f]{32})-(?P<seq>\d{6,})|holds-(?P<holds>[0-9a-f]{32})"
+    r"|savepoint-(?P<savepoint>[0-9a-f]{32})"
+    r"|released-(?P<released>\d+)|retired-(?P<retired>\d{6,}))\.pin"
+)
+_ADOPTING_SUFFIX = re.compile(r"-[0-9a-f]{32}")
 
 
 # ----------------------------------------------------------------------------------- layout
@@ -81,6 +108,34 @@ def manifest_dir(root: str) -> str:
 
 def manifest_path(root: str, number: int) -> str:
     return _join(root, MANIFEST_DIR, manifest_name(number))
+
+
+def table_label(root: str, name: str) -> str:
+    """How readers, caches and errors name a table that a DB references: its name when it is in
+    the DB's own root (root ""), else its path in its root."""
+    return table_path(root, name) if root else name
+
+
+def pins_dir(root: str) -> str:
+    return _join(root, PINS_DIR)
+
+
+def pin_path(root: str, name: str) -> str:
+    return _join(root, PINS_DIR, name)
+
+
+def new_adopting_root(base: str) -> str:
+    """A fresh root for a DB that adopts other DBs' versions, next to `base` (the root its
+    subtask would use): it never collides with an old DB's root."""
+    return f"{base.rstrip('/')}-{secrets.token_hex(16)}"
+
+
+def is_root_of(base: str, root: str) -> bool:
+    """Whether `root` is `base` or one of the adopting roots made from it (`new_adopting_root`)."""
+    base, root = base.rstrip("/"), root.rstrip("/")
+    return root == base or (
+        root.startswith(base) and _ADOPTING_SUFFIX.fullmatch(root[len(base) :]) is not None
+    )
 
 
 # ----------------------------------------------------------------------------------- names
@@ -123,6 +178,70 @@ def compaction_output_name(prefix: str, token: str, seq: int) -> str:
 
 def manifest_name(number: int) -> str:
     return f"{number:0{MANIFEST_DIGITS}d}{MANIFEST_SUFFIX}"
+
+
+def root_id(root: str) -> str:
+    """The id of a DB root in the names of its reference pins: xxh3-128 of its URL."""
+    return xxhash.xxh3_128_hexdigest(root.rstrip("/").encode())
+
+
+def reference_pin_name(referencing_root: str, seq: int) -> str:
+    """The `seq`th reference pin that the DB at `referencing_root` writes in another root."""
+    return f"{REFERENCE}-{root_id(referencing_root)}-{seq:06d}{PIN_SUFFIX}"
+
+
+def holds_record_name(other_root: str) -> str:
+    """The record, in a DB's own root, that it holds reference pins in `other_root`."""
+    return f"{HOLDS}-{root_id(other_root)}{PIN_SUFFIX}"
+
+
+def new_savepoint_token() -> str:
+    return secrets.token_hex(16)
+
+
+def savepoint_pin_name(token: str) -> str:
+    return f"{SAVEPOINT}-{token}{PIN_SUFFIX}"
+
+
+def savepoint_manifest_name(token: str) -> str:
+    """The name of a savepoint's copy of its pinned manifest, in the savepoint's directory."""
+    return f"lsm-{token}{MANIFEST_SUFFIX}"
+
+
+def released_marker_name(checkpoint_id: int) -> str:
+    return f"{RELEASED}-{checkpoint_id}{PIN_SUFFIX}"
+
+
+def retired_marker_name(epoch: int) -> str:
+    return f"{RETIRED}-{epoch:06d}{PIN_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class PinName:
+    """What a pin file's name says: its kind and, by kind, the referencing root's id and the
+    pin's sequence number (ref), the other root's id (holds), the savepoint token, the
+    checkpoint id (released) or the epoch (retired)."""
+
+    kind: str
+    root_id: str | None = None
+    number: int = 0  # ref: seq; released: checkpoint id; retired: epoch
+    token: str | None = None
+
+
+def parse_pin_name(name: str) -> PinName | None:
+    """The parts of a pin file name built here; None for any other name."""
+    m = _PIN_NAME.fullmatch(name)
+    if m is None:
+        return None
+    if m["ref"] is not None:
+        return PinName(REFERENCE, root_id=m["ref"], number=int(m["seq"]))
+    if m["holds"] is not None:
+        return PinName(HOLDS, root_id=m["holds"])
+    if m["savepoint"] is not None:
+        return PinName(SAVEPOINT, token=m["savepoint"])
+    if m["released"] is not None:
+        return PinName(RELEASED, number=int(m["released"]))
+    return PinName(RETIRED, number=int(m["retired"]))
 
 
 @dataclass(frozen=True)
@@ -262,18 +381,19 @@ def validate_result(spec: "CompactionSpec", result: "CompactionResult") -> None:
     """ValueError naming the first way in which `result` cannot be the result of `spec`.
 
     A valid result is for the spec's compaction id; its outputs are named as outputs under the
-    spec's prefix (plain names, each once), are at least a footer long, hold at least one entry
-    and no more tombstones than entries, are ascending and non-overlapping, and lie within the
-    spec's key range and within the key span of its inputs (a compaction writes no key it did
-    not read); its statistics are non-negative and add up to its outputs.
+    spec's prefix (plain names, each once), are whole tables of the compacting DB's root (no
+    root, no clip), are at least a footer long, hold at least one entry and no more tombstones
+    than entries, are ascending and non-overlapping, and lie within the spec's key range and
+    within the span of its inputs' effective ranges (a compaction writes no key it did not read);
+    its statistics are non-negative and add up to its outputs.
     """
     if result.compaction_id != spec.compaction_id:
         raise ValueError(f"result is for {result.compaction_id}, not {spec.compaction_id}")
     tables = [t for i in spec.inputs for t in i.tables]
     if result.outputs and not tables:
         raise ValueError("a compaction without input tables cannot have outputs")
-    lowest = min((t.smallest for t in tables), default=b"")
-    highest = max((t.largest for t in tables), default=b"")
+    lowest = min((t.lo for t in tables), default=b"")
+    highest = max((t.hi for t in tables), default=b"")  # exclusive
     start, end = spec.key_range
     previous: bytes | None = None
     names: set[str] = set()
@@ -286,6 +406,8 @@ def validate_result(spec: "CompactionSpec", result: "CompactionResult") -> None:
         if name in names:
             raise ValueError(f"output {name} is listed twice")
         names.add(name)
+        if not t.is_whole:
+            raise ValueError(f"output {name} carries a root or a clip range")
         if t.size < FOOTER_SIZE:
             raise ValueError(f"output {name} has {t.size} bytes, less than a table's footer")
         if t.entries < 1 or not 0 <= t.tombstones <= t.entries:
@@ -297,7 +419,7 @@ def validate_result(spec: "CompactionSpec", result: "CompactionResult") -> None:
         previous = t.largest
         if (start is not None and t.smallest < start) or (end is not None and t.largest >= end):
             raise ValueError(f"output {name} lies outside the spec's key range")
-        if t.smallest < lowest or t.largest > highest:
+        if t.smallest < lowest or t.largest >= highest:
             raise ValueError(f"output {name} holds keys outside the key span of the inputs")
     _validate_stats(result)
 

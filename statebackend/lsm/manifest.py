@@ -7,7 +7,10 @@ enough to open the DB. Its format:
     payload  msgpack map {format, number, epoch, writer, created_ms, levels, pins}
     footer   magic b"LSMMANI1" | payload length u64-be | xxh3-64(payload) u64-be
 
-`levels` lists each level's `TableMeta` dicts; `pins` maps checkpoint id -> manifest number.
+`levels` lists each level's `TableMeta` dicts (a reference to another root or a clipped one also
+has `root`, `clip_start`, `clip_end`; see meta.py); `pins` maps checkpoint id -> manifest number.
+A `ManifestStore` only reads until a `ManifestWriter` opens it: reading another DB's manifests
+never writes there.
 
 The rules this module implements are stated in docs/lsm-protocol.md: how the current version is
 found and how a damaged manifest is skipped ("Manifests"), how a writer's epoch is chosen and how
@@ -119,7 +122,6 @@ class ManifestStore:
         self.root_path = root_path
         self.dir = manifest_dir(root_path)
         self.num_levels = num_levels
-        fs.makedirs(self.dir, exist_ok=True)
 
     def path(self, number: int) -> str:
         return manifest_path(self.root_path, number)
@@ -197,10 +199,13 @@ class ManifestWriter:
         self.fenced: FencedError | None = None
 
     @classmethod
-    def open(cls, store: ManifestStore) -> "ManifestWriter":
-        """A writer with an epoch above every epoch seen; it must commit before anything else."""
+    def open(cls, store: ManifestStore, above: int = 0) -> "ManifestWriter":
+        """A writer with an epoch above every epoch seen, and above `above` (the epochs recorded
+        elsewhere, e.g. by retirement markers); it must commit before anything else."""
+        store.fs.makedirs(store.dir, exist_ok=True)
         numbers = store.numbers()
-        return cls(store, store.max_epoch() + 1, (numbers[-1] + 1) if numbers else 1)
+        epoch = max(store.max_epoch(), above) + 1
+        return cls(store, epoch, (numbers[-1] + 1) if numbers else 1)
 
     def commit(
         self, version: Version, pins: Mapping[int, int], pin_self: int | None = None

@@ -15,16 +15,22 @@ The highest-scoring level that can be compacted without conflicting with running
   output key range in its output level, and no other compaction may write or read that range there.
 - `bottommost` holds when no deeper level has a table overlapping the inputs' key range: only then
   may tombstones be dropped without resurrecting older values.
+
+Tables are references (docs/lsm-protocol.md, "Table references"): ranges, overlaps, cursors and
+reservations use their effective ranges `[lo, hi)`, and a running compaction's inputs are busy by
+`ref_id`. Level sizes count whole files, also for a clipped reference (an over-estimate, which only
+makes rewriting a shared table sooner). A manual full compaction also rewrites a level's single
+reference when it is clipped or of another root, so that the DB stops holding shared tables.
 """
 
 from dataclasses import dataclass
 
 from statebackend.lsm.compaction_job import SPEC_VERSION, CompactionInput, CompactionSpec
 from statebackend.lsm.files import compaction_prefix, new_compaction_id
-from statebackend.lsm.table import TableMeta, TableOptions
+from statebackend.lsm.meta import RefId, TableMeta, TableOptions
 from statebackend.lsm.version import Version
 
-KeyRange = tuple[bytes, bytes]  # inclusive [smallest, largest]
+KeyRange = tuple[bytes, bytes]  # half-open [lo, hi)
 
 
 @dataclass(frozen=True)
@@ -40,11 +46,11 @@ class Reservation:
     """The key range a running compaction writes in its output level."""
 
     level: int
-    smallest: bytes
-    largest: bytes
+    lo: bytes
+    hi: bytes  # exclusive
 
     def overlaps(self, level: int, r: KeyRange) -> bool:
-        return self.level == level and self.smallest <= r[1] and r[0] <= self.largest
+        return self.level == level and self.lo < r[1] and r[0] < self.hi
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,8 @@ class Pick:
     score: float
     trivial_move: bool
 
-    def names(self) -> set[str]:
-        return {t.name for i in self.inputs for t in i.tables}
+    def refs(self) -> set[RefId]:
+        return {t.ref_id for i in self.inputs for t in i.tables}
 
     def key_range(self) -> KeyRange:
         return _range([t for i in self.inputs for t in i.tables])
@@ -91,13 +97,13 @@ class Pick:
 
     def __str__(self) -> str:
         return (
-            f"{len(self.names())} tables into level {self.output_level} "
+            f"{len(self.refs())} tables into level {self.output_level} "
             f"(score {self.score:.2f}, bottommost {self.bottommost})"
         )
 
 
 def _range(tables: list[TableMeta]) -> KeyRange:
-    return min(t.smallest for t in tables), max(t.largest for t in tables)
+    return min(t.lo for t in tables), max(t.hi for t in tables)
 
 
 class Picker:
@@ -105,7 +111,7 @@ class Picker:
 
     def __init__(self, options: PickerOptions) -> None:
         self.o = options
-        self._cursor: dict[int, bytes] = {}  # level -> largest key of the last table picked there
+        self._cursor: dict[int, bytes] = {}  # level -> effective end of the last table picked
 
     def max_bytes(self, level: int) -> int:
         return self.o.level_base_bytes * self.o.level_multiplier ** (level - 1)
@@ -117,7 +123,9 @@ class Picker:
             out.append((version.level_bytes(n) / self.max_bytes(n), n))
         return sorted(out, reverse=True)
 
-    def pick(self, version: Version, busy: set[str], reserved: list[Reservation]) -> Pick | None:
+    def pick(
+        self, version: Version, busy: set[RefId], reserved: list[Reservation]
+    ) -> Pick | None:
         for score, level in self.scores(version):
             if score < 1:
                 return None
@@ -141,9 +149,12 @@ class Picker:
             CompactionInput(n, version.levels[n]) for n in range(1, out + 1) if version.levels[n]
         ]
         if not inputs or (
-            len(inputs) == 1 and inputs[0].level == out and len(inputs[0].tables) == 1
+            len(inputs) == 1
+            and inputs[0].level == out
+            and len(inputs[0].tables) == 1
+            and inputs[0].tables[0].is_whole
         ):
-            return None  # empty, or already one table in the last level
+            return None  # empty, or already one whole table of this root in the last level
         return Pick(tuple(inputs), out, True, 0.0, False)
 
     def _pick_level(
@@ -151,12 +162,12 @@ class Picker:
         version: Version,
         level: int,
         score: float,
-        busy: set[str],
+        busy: set[RefId],
         reserved: list[Reservation],
     ) -> Pick | None:
         if level == 0:
             upper = list(version.levels[0])
-            if any(t.name in busy for t in upper):
+            if any(t.ref_id in busy for t in upper):
                 return None
             inputs = [CompactionInput(0, (t,)) for t in upper]
         else:
@@ -166,7 +177,7 @@ class Picker:
             inputs = [CompactionInput(level, tuple(upper))]
         lo, hi = _range(upper)
         lower = version.overlapping(level + 1, lo, hi)
-        if any(t.name in busy for t in lower):
+        if any(t.ref_id in busy for t in lower):
             return None
         full = _range(upper + lower)
         if any(r.overlaps(level + 1, full) for r in reserved):
@@ -179,21 +190,19 @@ class Picker:
         )
         trivial = len(upper) == 1 and not lower
         if level > 0:
-            self._cursor[level] = upper[-1].largest
+            self._cursor[level] = upper[-1].hi
         return Pick(tuple(inputs), level + 1, bottommost, score, trivial)
 
     def _round_robin(
-        self, version: Version, level: int, busy: set[str], reserved: list[Reservation]
+        self, version: Version, level: int, busy: set[RefId], reserved: list[Reservation]
     ) -> list[TableMeta]:
         tables = version.levels[level]
         cursor = self._cursor.get(level)
         start = (
-            0
-            if cursor is None
-            else next((i for i, t in enumerate(tables) if t.smallest > cursor), 0)
+            0 if cursor is None else next((i for i, t in enumerate(tables) if t.lo >= cursor), 0)
         )
         for t in tables[start:] + tables[:start]:
-            if t.name in busy or any(r.overlaps(level, (t.smallest, t.largest)) for r in reserved):
+            if t.ref_id in busy or any(r.overlaps(level, (t.lo, t.hi)) for r in reserved):
                 continue
             return [t]
         return []

@@ -11,15 +11,18 @@ and the offset of the failing block, and is never turned into wrong data.
 
 Point lookups are a bloom filter probe, a bisect over the index's last keys and a dict lookup in
 the decoded block, which the `BlockCache` keeps as (keys, values, dict), never mutated.
+
+A builder's options (`TableOptions`) and the metadata it returns (`TableMeta`) are defined in
+`meta.py`.
 """
 
 import os
 import posixpath
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from itertools import islice
 from operator import itemgetter, lt
 from typing import Any, BinaryIO, Protocol
@@ -28,8 +31,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from statebackend.errors import StateError
 from statebackend.lsm import block
-from statebackend.lsm.block import read_fields
 from statebackend.lsm.bloom import BloomFilter, build_filter, key_hash
+from statebackend.lsm.meta import TableMeta, TableOptions
 from statebackend.ttl import expiry_of, wrap
 
 Entry = tuple[bytes, bytes | None]
@@ -58,71 +61,6 @@ class CorruptTableError(StateError):
     def __reduce__(self) -> tuple[Any, ...]:
         # Unpickled through __init__'s arguments (a worker process sends it back to its pool).
         return (type(self), (self.table, self.offset, self.reason))
-
-
-_OPTIONS_FIELDS = {
-    "block_size": int,
-    "bloom_bits_per_key": int,
-    "compression": str,
-    "compression_level": int,
-}
-
-
-@dataclass(frozen=True)
-class TableOptions:
-    block_size: int = 16 * 1024  # target uncompressed data-block size (key + value bytes)
-    bloom_bits_per_key: int = 10  # 0 disables the filter
-    compression: str = "zstd"  # "zstd" | "none"
-    compression_level: int = 1
-
-    def __post_init__(self) -> None:
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be positive, got {self.block_size}")
-        if self.bloom_bits_per_key < 0:
-            raise ValueError(f"bloom_bits_per_key must be >= 0, got {self.bloom_bits_per_key}")
-        if self.compression not in block.COMPRESSIONS:
-            raise ValueError(f"compression must be one of {list(block.COMPRESSIONS)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _OPTIONS_FIELDS}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TableOptions":
-        return cls(**read_fields(data, _OPTIONS_FIELDS, "TableOptions"))
-
-
-_META_FIELDS = {
-    "name": str,
-    "size": int,
-    "smallest": bytes,
-    "largest": bytes,
-    "entries": int,
-    "tombstones": int,
-    "min_expiry_ms": (int, type(None)),
-    "creator": str,
-}
-
-
-@dataclass(frozen=True)
-class TableMeta:
-    """What a manifest records about a table."""
-
-    name: str  # file name relative to ROOT/tables/
-    size: int  # bytes
-    smallest: bytes
-    largest: bytes
-    entries: int
-    tombstones: int
-    min_expiry_ms: int | None  # smallest TTL expiry in the table (None: nothing expires)
-    creator: str  # "flush", "compaction:<id>", "remote:<host>", ...
-
-    def to_dict(self) -> dict[str, Any]:
-        """msgpack-friendly (keys stay bytes)."""
-        return {name: getattr(self, name) for name in _META_FIELDS}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TableMeta":
-        return cls(**read_fields(data, _META_FIELDS, "TableMeta"))
 
 
 class FileSource(Protocol):

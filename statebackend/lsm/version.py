@@ -1,32 +1,38 @@
-"""Versions of an LSM tree: which tables make up each level, and the edits between versions.
+"""Versions of an LSM tree: which table references make up each level, and the edits between them.
 
-A `Version` is immutable. Level 0 holds tables that may overlap, newest first; a level >= 1 is
-one sorted run of non-overlapping tables ordered by key. A `VersionEdit` removes and adds tables;
-applying it yields a new `Version` and checks the level invariants, so a buggy edit fails loudly
-instead of producing an unreadable tree.
+A `Version` is immutable. Level 0 holds references that may overlap, newest first; a level >= 1
+is one sorted run: the effective ranges (`TableMeta.lo`/`hi`, which honour a reference's clip) of
+its references are disjoint and ascending. A reference may name a table of another DB's root and
+hold only a clipped part of it (docs/lsm-protocol.md, "Table references"). A `VersionEdit`
+removes and adds references; applying it yields a new `Version` and checks the level invariants,
+so a buggy edit fails loudly instead of producing an unreadable tree.
 """
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from statebackend.lsm.table import TableMeta
+from statebackend.lsm.meta import RefId, TableMeta
+
+# Levels a version read from another DB may have (a compaction spec's levels are below 64 too).
+MAX_LEVELS = 64
 
 
 @dataclass(frozen=True)
 class VersionEdit:
-    """Tables to remove (by level and name) and to add (by level).
+    """References to remove and to add, each with its level (removal matches by `ref_id`).
 
-    Tables added to level 0 go in front of the existing ones, in the order given (newest first).
+    References added to level 0 go in front of the existing ones, in the order given (newest
+    first).
     """
 
-    removed: tuple[tuple[int, str], ...] = ()
+    removed: tuple[tuple[int, TableMeta], ...] = ()
     added: tuple[tuple[int, TableMeta], ...] = ()
 
 
 class Version:
-    """The tables of each level. `levels[0]` is newest first; `levels[n >= 1]` is sorted by key."""
+    """The references of each level. `levels[0]` is newest first; `levels[n >= 1]` is sorted."""
 
-    __slots__ = ("levels", "largest_keys", "runs")
+    __slots__ = ("levels", "runs")
 
     def __init__(self, levels: Iterable[Iterable[TableMeta]], num_levels: int) -> None:
         lv = [tuple(level) for level in levels]
@@ -36,21 +42,20 @@ class Version:
             lv = lv[:num_levels]
         lv += [()] * (num_levels - len(lv))
         self.levels: tuple[tuple[TableMeta, ...], ...] = tuple(lv)
+        for n, level in enumerate(self.levels):
+            for t in level:
+                if t.is_empty:
+                    raise ValueError(f"level {n} references {t.name} with an empty clip")
         for n, level in enumerate(self.levels[1:], start=1):
             for a, b in zip(level, level[1:], strict=False):
-                if not a.largest < b.smallest:
+                if not a.hi <= b.lo:
                     raise ValueError(
                         f"level {n} tables {a.name} and {b.name} overlap or are unsorted"
                     )
-        # largest_keys[n] lets a point lookup bisect level n (n >= 1) to its one candidate table.
-        self.largest_keys: tuple[list[bytes], ...] = tuple(
-            [t.largest for t in level] for level in self.levels
-        )
-        # The non-empty levels >= 1 as (tables, largest keys), for the point-lookup loop.
+        # The non-empty levels >= 1 as (references, their effective ends), for the point-lookup
+        # loop: bisecting the ends finds a level's one candidate reference for a key.
         self.runs: tuple[tuple[tuple[TableMeta, ...], list[bytes]], ...] = tuple(
-            (level, keys)
-            for level, keys in zip(self.levels[1:], self.largest_keys[1:], strict=True)
-            if level
+            (level, [t.hi for t in level]) for level in self.levels[1:] if level
         )
 
     @classmethod
@@ -63,14 +68,24 @@ class Version:
                 yield n, t
 
     def names(self) -> set[str]:
-        return {t.name for _, t in self.tables()}
+        """The names of the tables of the DB's own root that this version references."""
+        return {t.name for _, t in self.tables() if not t.root}
+
+    def foreign(self) -> dict[str, set[str]]:
+        """The tables of other roots this version references: root -> table names."""
+        refs: dict[str, set[str]] = {}
+        for _, t in self.tables():
+            if t.root:
+                refs.setdefault(t.root, set()).add(t.name)
+        return refs
 
     def level_bytes(self, level: int) -> int:
+        """The bytes of a level's files (a clipped reference counts its whole file)."""
         return sum(t.size for t in self.levels[level])
 
-    def overlapping(self, level: int, smallest: bytes, largest: bytes) -> list[TableMeta]:
-        """The tables of `level` whose key range intersects [smallest, largest]."""
-        return [t for t in self.levels[level] if t.smallest <= largest and smallest <= t.largest]
+    def overlapping(self, level: int, lo: bytes, hi: bytes) -> list[TableMeta]:
+        """The references of `level` whose effective range intersects [lo, hi)."""
+        return [t for t in self.levels[level] if t.lo < hi and lo < t.hi]
 
     def deepest_nonempty_level(self) -> int:
         for n in range(len(self.levels) - 1, -1, -1):
@@ -79,20 +94,23 @@ class Version:
         return 0
 
     def apply(self, edit: VersionEdit) -> "Version":
-        removed = set(edit.removed)
-        levels = [
-            [t for t in level if (n, t.name) not in removed] for n, level in enumerate(self.levels)
-        ]
-        missing = removed - {(n, t.name) for n, t in self.tables()}
+        removed = {(n, t.ref_id) for n, t in edit.removed}
+        present: set[tuple[int, RefId]] = {(n, t.ref_id) for n, t in self.tables()}
+        missing = removed - present
         if missing:
-            raise ValueError(f"edit removes tables that are not in the version: {sorted(missing)}")
+            names = sorted((n, name) for n, (_, name, _) in missing)
+            raise ValueError(f"edit removes tables that are not in the version: {names}")
+        levels = [
+            [t for t in level if (n, t.ref_id) not in removed]
+            for n, level in enumerate(self.levels)
+        ]
         l0_added = [t for n, t in edit.added if n == 0]
         levels[0] = l0_added + levels[0]
         for n, t in edit.added:
             if n > 0:
                 levels[n].append(t)
         for n in range(1, len(levels)):
-            levels[n].sort(key=lambda t: t.smallest)
+            levels[n].sort(key=lambda t: t.lo)
         return Version(levels, len(self.levels))
 
     def to_list(self) -> list[list[dict]]:

@@ -66,11 +66,15 @@ def test_wrong_result_version_is_rejected() -> None:
 
 def _full_spec() -> CompactionSpec:
     meta = TableMeta("t.sst", 100, b"\x00", b"\xff", 3, 1, 99, "flush")
+    # A clipped reference to a table of another root:
+    shared = TableMeta(
+        "s.sst", 100, b"\x00", b"\xff", 3, 1, 99, "flush", "s3://bucket/old", b"\x01", b"\x7f"
+    )
     return CompactionSpec(
         version=SPEC_VERSION,
         compaction_id="c-7",
         db_root="s3://bucket/db",
-        inputs=(CompactionInput(0, (meta, meta)), CompactionInput(3, (meta,))),
+        inputs=(CompactionInput(0, (meta, meta)), CompactionInput(3, (meta, shared))),
         output_level=3,
         target_file_size=1 << 26,
         bottommost=True,
@@ -86,6 +90,10 @@ def test_every_field_of_a_spec_and_a_result_survives_the_wire() -> None:
     spec = _full_spec()
     wire = pb.CompactionSpec.FromString(spec_to_proto(spec).SerializeToString())
     assert spec_from_proto(wire) == spec
+    assert spec_from_proto(wire).inputs[1].tables[1].root == "s3://bucket/old"
+    half_open = replace(spec.inputs[1].tables[1], clip_start=None)
+    one_bound = replace(spec, inputs=(CompactionInput(0, (half_open,)),))
+    assert spec_from_proto(spec_to_proto(one_bound)) == one_bound
     result = CompactionResult(
         1, "c-7", spec.inputs[0].tables, CompactionStats(10, 8, 1, 1, 1000, 800, 0.5, 0.75)
     )

@@ -4,7 +4,6 @@ A new subtask's backend is restored from the snapshots of the old subtasks whose
 overlap its own: it holds exactly their entries of its key groups, whatever the state type, the
 namespace or the TTL, also when the old snapshots numbered their states differently.
 
-Only `memory` and `rocksdb` for now: the `lsm` backend's `export` and native rescale come later.
 """
 
 import json
@@ -40,7 +39,7 @@ KEYS = [f"key-{i}" for i in range(400)]
 TTL = TtlConfig(10_000)
 
 
-@pytest.fixture(params=["memory", "rocksdb"])
+@pytest.fixture(params=["memory", "rocksdb", "lsm", "lsm-memfs"])
 def variant(request: pytest.FixtureRequest) -> str:
     return request.param
 

@@ -305,7 +305,7 @@ def test_compaction_with_stale_inputs_is_discarded(root: str) -> None:
     wait_for(lambda: len(gated.specs) == 1)
     # Invalidate the inputs with an edit through the same path a concurrent install would take.
     oldest = db.version.levels[0][-1]
-    db._commit(VersionEdit(removed=((0, oldest.name),), added=((1, oldest),)))
+    db._commit(VersionEdit(removed=((0, oldest),), added=((1, oldest),)))
     prefix = gated.specs[0].output_prefix
     gated.gate.set()
     wait_for(lambda: db.running_compactions() == [])

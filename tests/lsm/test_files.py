@@ -75,9 +75,47 @@ def test_manifest_names_round_trip() -> None:
         assert files.parse_manifest_name(name) is None
 
 
+def test_pin_names_round_trip() -> None:
+    root = "s3://bucket/job/op/0/db"
+    root_id = files.root_id(root)
+    assert root_id == files.root_id(root + "/") and len(root_id) == 32
+    assert files.root_id("s3://bucket/job/op/1/db") != root_id
+    ref = files.reference_pin_name(root, 7)
+    assert files.parse_pin_name(ref) == files.PinName(files.REFERENCE, root_id=root_id, number=7)
+    holds = files.holds_record_name(root)
+    assert files.parse_pin_name(holds) == files.PinName(files.HOLDS, root_id=root_id)
+    token = files.new_savepoint_token()
+    assert files.parse_pin_name(files.savepoint_pin_name(token)) == files.PinName(
+        files.SAVEPOINT, token=token
+    )
+    assert files.savepoint_manifest_name(token) == f"lsm-{token}.manifest"
+    assert files.parse_pin_name(files.released_marker_name(42)) == files.PinName(
+        files.RELEASED, number=42
+    )
+    assert files.parse_pin_name(files.retired_marker_name(3)) == files.PinName(
+        files.RETIRED, number=3
+    )
+    for name in ("ref-x-000001.pin", "savepoint-abc.pin", "retired-1.pin", "released-.pin",
+                 ref + ".part", "holds-" + root_id + ".manifest"):
+        assert files.parse_pin_name(name) is None
+
+
+def test_adopting_roots_belong_to_their_base() -> None:
+    base = "file:///ckpt/job/op/0/db"
+    adopting = files.new_adopting_root(base)
+    assert adopting != files.new_adopting_root(base)
+    assert files.is_root_of(base, adopting) and files.is_root_of(base, base + "/")
+    for other in ("file:///ckpt/job/op/1/db", base + "-x", base + "x", base + "/tables",
+                  files.new_adopting_root("file:///ckpt/job/op/1/db"), adopting + "-" + "0" * 32):
+        assert not files.is_root_of(base, other)
+
+
 def test_layout() -> None:
     assert files.table_path("s3://b/db/", "t.sst") == "s3://b/db/tables/t.sst"
     assert files.tables_dir("/x/db") == "/x/db/tables"
+    assert files.pin_path("/x/db/", "p.pin") == "/x/db/pins/p.pin"
+    assert files.table_label("", "t.sst") == "t.sst"
+    assert files.table_label("s3://b/db", "t.sst") == "s3://b/db/tables/t.sst"
     assert files.manifest_path("/x/db", 5) == "/x/db/manifest/000000000005.manifest"
     assert files.manifest_dir("memory://a/db") == "memory://a/db/manifest"
 
@@ -228,6 +266,14 @@ def test_a_service_run_result_is_valid(compacted: tuple[CompactionSpec, Compacti
 Change = Callable[[CompactionSpec, CompactionResult], tuple[CompactionSpec, CompactionResult]]
 
 
+def _clip_inputs(spec: CompactionSpec, end: bytes) -> CompactionSpec:
+    """`spec` with every input clipped to keys below `end`."""
+    inputs = tuple(
+        replace(i, tables=tuple(replace(t, clip_end=end) for t in i.tables)) for i in spec.inputs
+    )
+    return replace(spec, inputs=inputs)
+
+
 def _rename(i: int, name: Callable[[CompactionSpec, CompactionResult], str]) -> Change:
     return lambda s, r: (s, _with_output(r, i, name=name(s, r)))
 
@@ -295,6 +341,18 @@ BAD_RESULTS: dict[str, tuple[Change, str]] = {
     ),
     "above the inputs' keys": (
         lambda s, r: (s, _with_output(r, len(r.outputs) - 1, largest=b"z")),
+        "outside the key span of the inputs",
+    ),
+    "an output of another root": (
+        lambda s, r: (s, _with_output(r, 0, root="memory://other/db")),
+        "carries a root or a clip range",
+    ),
+    "a clipped output": (
+        lambda s, r: (s, _with_output(r, 0, clip_end=r.outputs[0].largest)),
+        "carries a root or a clip range",
+    ),
+    "outside the inputs' clips": (
+        lambda s, r: (_clip_inputs(s, r.outputs[-1].largest), r),
         "outside the key span of the inputs",
     ),
     "outputs without inputs": (

@@ -1,13 +1,15 @@
-"""Garbage collection: grace periods, retained and pinned manifests, protection, zombie fencing."""
+"""Garbage collection: grace periods, retained and pinned manifests, protection, zombie fencing,
+and the pins that keep tables (reference, savepoint, release, damaged) and retired roots."""
 
 import uuid
 
 import fsspec
 import pytest
 
-from statebackend.lsm import files
+from statebackend.lsm import files, gc, pins
 from statebackend.lsm.gc import GarbageCollector
 from statebackend.lsm.manifest import FencedError, ManifestStore, ManifestWriter
+from statebackend.lsm.pins import write_pin
 from statebackend.lsm.table import TableMeta
 from statebackend.lsm.version import Version
 
@@ -123,3 +125,87 @@ def test_tables_named_by_a_newer_epoch_are_never_collected() -> None:
     env.table(older)
     assert env.collect().deleted_tables == (older,)
     assert env.files() == {newer}
+
+
+# ----------------------------------------------------------------------------------- pins
+
+
+def pin(env: Env, name: str, payload: dict) -> None:
+    write_pin(env.fs, env.root, name, payload)
+
+
+def test_reference_and_savepoint_pins_keep_tables_and_manifests() -> None:
+    env = Env(retention=1, grace=0)
+    saved = env.commit("saved.sst")
+    env.commit("shared.sst")
+    env.commit("live.sst")
+    env.table("garbage.sst")
+    pin(env, files.reference_pin_name("memory://other", 1), {"root": "memory://other",
+                                                              "tables": ["shared.sst"]})
+    pin(env, files.savepoint_pin_name("0" * 32), {"manifest": saved.number, "savepoint": "x"})
+    r = env.collect()
+    assert env.files() == {"saved.sst", "shared.sst", "live.sst"}
+    assert r.deleted_tables == ("garbage.sst",)
+    assert env.store.numbers() == [saved.number, saved.number + 2]  # the savepoint's kept
+
+
+def test_a_released_checkpoint_pin_keeps_nothing() -> None:
+    env = Env(retention=1, grace=0)
+    m = env.commit("ckpt.sst", pin=5)
+    env.commit("new.sst", pins=dict(m.pins))
+    env.collect()
+    assert env.files() == {"ckpt.sst", "new.sst"}
+    pin(env, files.released_marker_name(5), {"checkpoint": 5})
+    env.collect()
+    assert env.files() == {"new.sst"} and env.store.numbers() == [m.number + 1]
+
+
+def test_a_damaged_pin_stops_deletions_until_it_is_old_enough() -> None:
+    env = Env(retention=1, grace=0)
+    env.commit("live.sst")
+    env.table("garbage.sst")
+    name = files.reference_pin_name("memory://other", 1)
+    env.fs.pipe_file(files.pin_path(env.root, name), b"half a pin")  # a crash while writing it
+    assert env.collect().deleted_tables == () and env.files() == {"live.sst", "garbage.sst"}
+    env.clock.now += gc.DAMAGED_PIN_GRACE_S
+    assert env.collect().deleted_tables == ()  # the damaged pin goes first ...
+    assert not env.fs.exists(files.pin_path(env.root, name))
+    assert env.collect().deleted_tables == ("garbage.sst",)  # ... then the garbage
+
+
+def test_pin_files_verify() -> None:
+    payload = {"root": "memory://x", "tables": ["a.sst"]}
+    data = pins.encode(payload)
+    assert pins.decode(data, "p") == payload
+    for damaged in (data[:-1], data[:5], b"x" + data[1:], b""):
+        with pytest.raises(pins.DamagedPinError):
+            pins.decode(damaged, "p")
+
+
+def test_a_retired_root_keeps_only_what_its_pins_name() -> None:
+    env = Env(retention=1, grace=0)
+    ckpt = env.commit("ckpt.sst", pin=1)
+    env.commit("latest.sst", pins=dict(ckpt.pins))
+    env.table("shared.sst")
+    pin(env, files.reference_pin_name("memory://other", 1), {"root": "memory://other",
+                                                              "tables": ["shared.sst"]})
+    assert env.gc.collect_retired(lambda refs: True) is None  # not retired: its writer collects
+    epoch = env.writer.epoch
+    pin(env, files.retired_marker_name(epoch), {"epoch": epoch, "checkpoints": [[1, ckpt.number]]})
+    r = env.gc.collect_retired(lambda refs: True)
+    assert r is not None and not r.emptied and r.deleted_tables == ("latest.sst",)
+    assert env.files() == {"ckpt.sst", "shared.sst"}
+    assert env.store.numbers() == [ckpt.number]  # only pinned manifests stay
+    pin(env, files.released_marker_name(1), {"checkpoint": 1})
+    env.fs.rm_file(files.pin_path(env.root, files.reference_pin_name("memory://other", 1)))
+    r = env.gc.collect_retired(lambda refs: True)
+    assert r is not None and r.emptied and files.list_tables(env.fs, env.root) == []
+
+
+def test_a_retired_collection_deletes_nothing_while_its_own_pins_elsewhere_cannot_shrink() -> None:
+    env = Env(retention=1, grace=0)
+    env.commit("latest.sst")
+    epoch = env.writer.epoch
+    pin(env, files.retired_marker_name(epoch), {"epoch": epoch, "checkpoints": []})
+    r = env.gc.collect_retired(lambda refs: False)
+    assert r is not None and r.deleted_tables == () and env.files() == {"latest.sst"}

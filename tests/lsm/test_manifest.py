@@ -39,13 +39,15 @@ def test_version_apply_orders_levels_and_checks_invariants() -> None:
     v = v.apply(VersionEdit(added=((1, meta("y", b"n", b"p")), (1, meta("x", b"a", b"c")))))
     assert [t.name for t in v.levels[1]] == ["x", "y"]
     assert [[t.name for t in run] for run, _ in v.runs] == [["x", "y"]]
-    assert v.runs[0][1] == [b"c", b"p"]  # largest keys, for bisecting
-    assert [t.name for t in v.overlapping(1, b"c", b"n")] == ["x", "y"]
+    assert v.runs[0][1] == [b"c\x00", b"p\x00"]  # effective ends, for bisecting
+    assert [t.name for t in v.overlapping(1, b"c", b"n\x00")] == ["x", "y"]  # [c, n] = [c, n\0)
+    assert [t.name for t in v.overlapping(1, b"c\x00", b"n")] == []
     with pytest.raises(ValueError, match="overlap"):
         v.apply(VersionEdit(added=((1, meta("w", b"b", b"o")),)))
     with pytest.raises(ValueError, match="not in the version"):
-        v.apply(VersionEdit(removed=((2, "x"),)))
-    v2 = v.apply(VersionEdit(removed=((0, "a"), (1, "x")), added=((2, meta("x2", b"a", b"c")),)))
+        v.apply(VersionEdit(removed=((2, meta("x", b"a", b"c")),)))
+    a, x = v.levels[0][1], v.levels[1][0]
+    v2 = v.apply(VersionEdit(removed=((0, a), (1, x)), added=((2, meta("x2", b"a", b"c")),)))
     assert v2.names() == {"b", "y", "x2"} and v.names() == {"a", "b", "x", "y"}
 
 

@@ -1,0 +1,73 @@
+"""Reading a version's tables: point lookups and the sorted runs of a scan.
+
+Every reference is read only within its effective range (`TableMeta.lo`/`hi`: its file's keys
+inside its clip, docs/lsm-protocol.md "Table references"), and through a `TableCache`, which
+reads tables of other roots too. The DB reads its live versions here (after its memtables), and
+`export` reads a pinned version of a DB it does not open.
+"""
+
+from bisect import bisect_right
+from collections.abc import Iterator
+from itertools import chain
+
+from statebackend.lsm.cache import TableCache
+from statebackend.lsm.merge import merge_runs
+from statebackend.lsm.meta import TableMeta
+from statebackend.lsm.table import Entry
+from statebackend.lsm.version import Version
+
+ABSENT: tuple[bool, None] = (False, None)
+
+
+def get(version: Version, key: bytes, tables: TableCache) -> tuple[bool, bytes | None]:
+    """(True, value) when a table of `version` has `key` (value None: a tombstone), newest
+    first; else (False, None)."""
+    readers = tables.readers
+    for t in version.levels[0]:
+        if t.lo <= key < t.hi:
+            found, value = (readers.get(t.key) or tables.open(t)).get(key)
+            if found:
+                return found, value
+    for run, ends in version.runs:  # one sorted run per level >= 1: bisect to one reference
+        i = bisect_right(ends, key)
+        if i < len(run):
+            t = run[i]
+            if t.lo <= key:
+                found, value = (readers.get(t.key) or tables.open(t)).get(key)
+                if found:
+                    return found, value
+    return ABSENT
+
+
+def runs(
+    version: Version, start: bytes | None, end: bytes | None, tables: TableCache
+) -> list[Iterator[Entry]]:
+    """The sorted runs of `version` for a scan of [start, end), newest first, tombstones kept:
+    one per level-0 reference, one per deeper level (its references read one after another)."""
+    found: list[Iterator[Entry]] = [
+        _scan(t, start, end, tables) for t in version.levels[0] if _overlaps(t, start, end)
+    ]
+    for level in version.levels[1:]:
+        refs = [t for t in level if _overlaps(t, start, end)]
+        if refs:
+            found.append(chain.from_iterable(_scan(t, start, end, tables) for t in refs))
+    return found
+
+
+def entries(
+    version: Version, start: bytes | None, end: bytes | None, tables: TableCache
+) -> Iterator[tuple[bytes, bytes]]:
+    """The live entries of `version` with start <= key < end, ascending."""
+    for key, value in merge_runs(runs(version, start, end, tables)):
+        if value is not None:
+            yield key, value
+
+
+def _overlaps(t: TableMeta, start: bytes | None, end: bytes | None) -> bool:
+    return (start is None or t.hi > start) and (end is None or t.lo < end)
+
+
+def _scan(t: TableMeta, start: bytes | None, end: bytes | None, tables: TableCache) -> Iterator:
+    lo = t.lo if start is None or start < t.lo else start
+    hi = t.hi if end is None or end > t.hi else end
+    return tables.reader(t).scan(lo, hi)
