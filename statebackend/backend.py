@@ -8,6 +8,10 @@ A state's id (two bytes of every physical key) is derived from its name (`new_st
 subtasks of an operator agree on it and a rescale can combine their snapshots as they are; a
 snapshot records `name -> id`, and a restore keeps the recorded ids.
 
+A savepoint (`savepoint(checkpoint_id, directory, format)`) writes the state into a directory the
+user owns: `native`, the store's own format (`KvStore.savepoint`), or `canonical`, the entries of
+the store's `scan` in a file any backend restores (`statebackend.canonical`).
+
 >>> from statebackend import BackendConfig, ValueStateDescriptor, create_backend
 >>> backend = create_backend(BackendConfig("memory", checkpoint_dir="memory://doc"), scope="op/0")
 >>> count = backend.get_state(ValueStateDescriptor("count", default=0))
@@ -25,6 +29,7 @@ from typing import Any
 
 import xxhash
 
+from statebackend import canonical, dfs
 from statebackend.descriptors import StateDescriptor
 from statebackend.errors import (
     InvalidHandleError,
@@ -38,10 +43,12 @@ from statebackend.keygroups import KeyGroupRange, key_group_of
 from statebackend.layout import EMPTY_COMPONENT, escape, prefix_end, state_prefix, unescape_prefix
 from statebackend.serializers import Serializer, failure_reason
 from statebackend.state import STATE_CLASSES, KeyedState
-from statebackend.store import KvStore, StoreHandle
+from statebackend.store import KvStore, StoreHandle, key_range
 from statebackend.ttl import Clock, is_expired
 
 HANDLE_FORMAT = 1
+CANONICAL = canonical.CANONICAL
+SAVEPOINT_FORMATS = ("native", CANONICAL)
 # State ids are 1..0xFFFE (two bytes of the physical key; 0 and 0xFFFF are never used).
 _MAX_STATE_ID = 0xFFFE
 
@@ -161,6 +168,7 @@ class KeyedStateBackend:
         namespace_serializer: Serializer,
         clock: Clock,
         states: Mapping[str, StateMeta] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ):
         self.store = store
         self.backend_name = backend_name
@@ -170,6 +178,7 @@ class KeyedStateBackend:
         self.key_serializer = key_serializer
         self.namespace_serializer = namespace_serializer
         self.clock = clock
+        self.storage_options = dict(storage_options or {})
         self._metas: dict[str, StateMeta] = dict(states or {})
         self._state_ids = {meta.state_id for meta in self._metas.values()}
         self._handles: dict[str, KeyedState] = {}
@@ -282,6 +291,45 @@ class KeyedStateBackend:
             key_group_range=self.key_group_range,
             states=dict(self._metas),
             store=self.store.snapshot(checkpoint_id),
+        )
+
+    def savepoint(self, checkpoint_id: int, directory: str, format: str) -> StateHandle:
+        """Write the state into `directory` (a new one, which the user owns: nothing here ever
+        releases it) as a `native` or `canonical` savepoint; the handle restores it.
+
+        A backend whose store cannot write its own format raises `StateError` naming `canonical`
+        (which every backend can write).
+        """
+        if format == CANONICAL:
+            start, end = key_range(self.key_group_range, self.key_group_range)
+            now = self.clock()
+            store = canonical.write(
+                (entry for entry in self.store.scan(start, end) if not is_expired(entry[1], now)),
+                dfs.join(directory, "state.canonical.msgpack.zst"),
+                self.storage_options,
+                written_by=self.backend_name,
+            )
+            backend = CANONICAL
+        elif format == "native":
+            savepoint = getattr(self.store, "savepoint", None)
+            if savepoint is None:
+                raise StateError(
+                    f"the {self.backend_name} backend cannot write native savepoints yet: take a "
+                    "canonical savepoint (--format canonical), which every backend restores"
+                )
+            store, backend = savepoint(checkpoint_id, directory), self.backend_name
+        else:
+            raise StateError(
+                f"unknown savepoint format {format!r}: use {' or '.join(SAVEPOINT_FORMATS)}"
+            )
+        return StateHandle(
+            backend=backend,
+            scope=self.scope,
+            checkpoint_id=checkpoint_id,
+            max_parallelism=self.max_parallelism,
+            key_group_range=self.key_group_range,
+            states=dict(self._metas),
+            store=store,
         )
 
     def release(self, handle: StateHandle, retained: Sequence[StateHandle]) -> None:

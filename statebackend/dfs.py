@@ -2,6 +2,11 @@
 
 Every file written for a checkpoint is recorded by its path, size and xxh3-64 checksum, and every
 read verifies them, so a restore never runs on missing or corrupted data.
+
+A savepoint is relocatable: in its metadata, every file reference (a `FileRef` dict, anywhere in
+the JSON) that lies in the savepoint's directory is written relative to it (`relativize`), and
+resolved against the directory the metadata is read from (`resolve`). A path is relative when it
+has no protocol (`s3://...`) and does not start with `/`.
 """
 
 import os
@@ -33,6 +38,48 @@ class FileRef:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FileRef":
         return cls(str(data["path"]), int(data["size"]), str(data["checksum"]))
+
+
+def is_file_ref(node: Any) -> bool:
+    """Whether a JSON value is a `FileRef` dict (it may hold more keys, e.g. a file's name)."""
+    return (
+        isinstance(node, Mapping)
+        and isinstance(node.get("path"), str)
+        and isinstance(node.get("size"), int)
+        and isinstance(node.get("checksum"), str)
+    )
+
+
+def is_relative(path: str) -> bool:
+    return "://" not in path and not path.startswith("/")
+
+
+def relativize(node: Any, base: str) -> Any:
+    """A copy of the JSON value `node` whose file references below the directory `base` are
+    relative to it (the others stay as they are)."""
+    prefix = base.rstrip("/") + "/"
+
+    def rewrite(path: str) -> str:
+        return path[len(prefix) :] if path.startswith(prefix) else path
+
+    return _map_paths(node, rewrite)
+
+
+def resolve(node: Any, base: str) -> Any:
+    """A copy of the JSON value `node` whose relative file references are resolved against the
+    directory `base` (the inverse of `relativize`)."""
+    return _map_paths(node, lambda path: join(base, path) if is_relative(path) else path)
+
+
+def _map_paths(node: Any, rewrite: Any) -> Any:
+    if isinstance(node, Mapping):
+        copy = {key: _map_paths(value, rewrite) for key, value in node.items()}
+        if is_file_ref(node):
+            copy["path"] = rewrite(node["path"])
+        return copy
+    if isinstance(node, list):
+        return [_map_paths(item, rewrite) for item in node]
+    return node
 
 
 def filesystem(

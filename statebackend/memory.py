@@ -2,7 +2,8 @@
 
 Reads and writes are dictionary operations. A snapshot writes the whole map, msgpack-encoded and
 zstd-compressed, to `checkpoint_dir/scope/chk-<id>/` with its size and checksum in the handle.
-A rescaled store reads the old subtasks' files and keeps the entries of its key groups.
+A rescaled store reads the old subtasks' files and keeps the entries of its key groups. A native
+savepoint is the same file, written into the savepoint's directory.
 """
 
 import bisect
@@ -36,13 +37,17 @@ class MemoryStore:
         return iter([(k, data[k]) for k in data.irange(start, end, inclusive=(True, False))])
 
     def snapshot(self, checkpoint_id: int) -> StoreHandle:
-        body = msgpack.packb([list(self._data.keys()), list(self._data.values())])
-        url = dfs.join(
-            self._context.checkpoint_dir,
-            self._context.scope,
-            f"chk-{checkpoint_id}",
-            f"memory-{uuid.uuid4().hex}.msgpack.zst",
+        directory = dfs.join(
+            self._context.checkpoint_dir, self._context.scope, f"chk-{checkpoint_id}"
         )
+        return self._write(directory)
+
+    def savepoint(self, checkpoint_id: int, directory: str) -> StoreHandle:
+        return self._write(directory)
+
+    def _write(self, directory: str) -> StoreHandle:
+        body = msgpack.packb([list(self._data.keys()), list(self._data.values())])
+        url = dfs.join(directory, f"memory-{uuid.uuid4().hex}.msgpack.zst")
         ref = dfs.write_bytes(url, zstandard.compress(body), self._context.storage_options)
         return {"file": ref.to_dict(), "entries": len(self._data)}
 

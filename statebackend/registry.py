@@ -5,16 +5,23 @@ can add a backend with `register_backend`.
 
 `create_backend` also restores: from one snapshot of the same key groups, or (a rescale) from the
 snapshots of the old subtasks whose key groups overlap the new subtask's, checking that they cover
-them exactly and merging their registered states by name.
+them exactly and merging their registered states by name; and from canonical savepoints
+(`statebackend.canonical`) into any backend, at any parallelism: a new empty store filled with
+their entries of its key groups.
+
+`dispose_savepoint` lets a backend give up what a native savepoint of it references outside the
+savepoint's directory (the optional `StoreFactory.dispose_savepoint`), before the directory is
+deleted.
 """
 
 import importlib
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from statebackend import canonical
 from statebackend.backend import KeyedStateBackend, StateHandle, StateMeta, new_state_id
 from statebackend.errors import InvalidHandleError, RestoreError, UnknownBackendError
 from statebackend.keygroups import DEFAULT_MAX_PARALLELISM, KeyGroupRange
@@ -109,10 +116,17 @@ def create_backend(
         handles = _parse_handles(restore)
         for handle in handles:
             _check_compatible(handle, config.name, max_parallelism)
-        if len(handles) == 1 and handles[0].key_group_range == key_groups:
+        formats = {handle.backend == canonical.CANONICAL for handle in handles}
+        if formats == {True}:
+            store, states = _open_rescaled(factory, context, handles, from_canonical=True)
+        elif len(formats) > 1:
+            raise InvalidHandleError(
+                "cannot restore canonical savepoints and native snapshots together"
+            )
+        elif len(handles) == 1 and handles[0].key_group_range == key_groups:
             store, states = factory.open(context, handles[0].store), handles[0].states
         else:
-            store, states = _open_rescaled(factory, context, handles)
+            store, states = _open_rescaled(factory, context, handles, from_canonical=False)
     return KeyedStateBackend(
         store,
         backend_name=config.name,
@@ -123,6 +137,7 @@ def create_backend(
         namespace_serializer=namespace_serializer,
         clock=clock,
         states=states,
+        storage_options=config.storage_options,
     )
 
 
@@ -137,7 +152,7 @@ def _parse_handles(restore: RestoreSource | Sequence[RestoreSource]) -> list[Sta
 
 
 def _check_compatible(handle: StateHandle, backend: str, max_parallelism: int) -> None:
-    if handle.backend != backend:
+    if handle.backend not in (backend, canonical.CANONICAL):
         raise InvalidHandleError(
             f"the handle of {handle.scope} is a snapshot of the {handle.backend!r} backend, "
             f"not {backend!r}"
@@ -149,10 +164,15 @@ def _check_compatible(handle: StateHandle, backend: str, max_parallelism: int) -
         )
 
 
+Export = Callable[[StateHandle, bytes, bytes], Iterator[tuple[bytes, bytes]]]
+"""The entries of a snapshot in a key range (`StoreFactory.export`, or a canonical file's)."""
+
+
 def _open_rescaled(
-    factory: StoreFactory, context: StoreContext, handles: list[StateHandle]
+    factory: StoreFactory, context: StoreContext, handles: list[StateHandle], from_canonical: bool
 ) -> tuple[KvStore, dict[str, StateMeta]]:
-    """A store of `context`'s key groups from the snapshots of other key-group ranges.
+    """A store of `context`'s key groups from the snapshots of other key-group ranges, or from
+    canonical savepoints.
 
     When the snapshots agree on every state's id, their entries are taken as they are (natively
     with the factory's `open_rescaled`, else copied with `export`); otherwise (snapshots with ids
@@ -162,12 +182,13 @@ def _open_rescaled(
     used = [h for h in handles if h.key_group_range.intersection(target)]
     _check_coverage(handles, used, target)
     states, agreed = _merged_states(used)
+    export = _export_of(factory, context, from_canonical)
     if agreed:
-        open_rescaled = getattr(factory, "open_rescaled", None)
+        open_rescaled = None if from_canonical else getattr(factory, "open_rescaled", None)
         if open_rescaled is not None:
             sources = [RescaleSource(h.store, h.key_group_range) for h in used]
             return open_rescaled(context, sources), states
-        return _copy(factory, context, [(h, None) for h in used]), states
+        return _copy(factory, context, export, [(h, None) for h in used]), states
     renumbered = _renumbered(states)
     parts = [
         (
@@ -179,7 +200,20 @@ def _open_rescaled(
         )
         for h in used
     ]
-    return _copy(factory, context, parts), renumbered
+    return _copy(factory, context, export, parts), renumbered
+
+
+def _export_of(factory: StoreFactory, context: StoreContext, from_canonical: bool) -> Export:
+    if from_canonical:
+        options = context.storage_options
+        return lambda handle, start, end: canonical.export(handle.store, start, end, options)
+    export = getattr(factory, "export", None)
+    if export is None:
+        raise RestoreError(
+            f"the {factory.name!r} backend cannot restore snapshots of other key groups: "
+            "it cannot export a snapshot's entries"
+        )
+    return lambda handle, start, end: export(context, handle.store, start, end)
 
 
 def _check_coverage(
@@ -250,21 +284,16 @@ def _renumbered(states: Mapping[str, StateMeta]) -> dict[str, StateMeta]:
 def _copy(
     factory: StoreFactory,
     context: StoreContext,
+    export: Export,
     parts: list[tuple[StateHandle, dict[bytes, bytes] | None]],
 ) -> KvStore:
     """A new store filled with each handle's entries in `context`'s key groups, their state ids
     (bytes 2..4 of a physical key) mapped when a part has a mapping."""
-    export = getattr(factory, "export", None)
-    if export is None:
-        raise RestoreError(
-            f"the {factory.name!r} backend cannot restore snapshots of other key groups: "
-            "it cannot export a snapshot's entries"
-        )
     store = factory.open(context, None)
     try:
         for handle, ids in parts:
             start, end = key_range(handle.key_group_range, context.key_group_range)
-            for key, value in export(context, handle.store, start, end):
+            for key, value in export(handle, start, end):
                 if ids is not None:
                     state_id = ids.get(key[2:4])
                     if state_id is None:
@@ -278,3 +307,25 @@ def _copy(
         store.dispose()
         raise
     return store
+
+
+def dispose_savepoint(config: BackendConfig, handle: RestoreSource) -> None:
+    """Let the backend of a native savepoint's handle give up what the savepoint references
+    outside its directory (only a backend that shares files with it has anything to do: its
+    factory's optional `dispose_savepoint(context, store handle)`); a canonical handle has
+    nothing outside. The caller then deletes the savepoint's directory."""
+    parsed = handle if isinstance(handle, StateHandle) else StateHandle.from_dict(handle)
+    if parsed.backend == canonical.CANONICAL:
+        return
+    dispose = getattr(store_factory(parsed.backend), "dispose_savepoint", None)
+    if dispose is None:
+        return
+    context = StoreContext(
+        scope=parsed.scope,
+        key_group_range=parsed.key_group_range,
+        checkpoint_dir=config.checkpoint_dir,
+        local_dir=config.local_dir,
+        storage_options=config.storage_options,
+        options=config.options,
+    )
+    dispose(context, parsed.store)

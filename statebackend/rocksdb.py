@@ -8,6 +8,11 @@ flushes, takes a RocksDB checkpoint (hard links) and uploads it to the checkpoin
   for an earlier checkpoint is referenced again, not sent again (`shared/`);
 - the other files (MANIFEST, CURRENT, OPTIONS) are small and uploaded every time (`chk-<id>/`).
 
+A native savepoint uploads every file of such a checkpoint anew into the savepoint's directory
+(`"savepoint": true` in its handle): it shares no file with the job's checkpoints, so no release
+deletes one, and a store restored from it does not take its files as its own shared SSTs (its
+first checkpoint uploads them all).
+
 Restore downloads every file of the handle into a fresh directory, verifying sizes and checksums.
 A rescale takes the classic path: the snapshot overlapping the new key groups most becomes the new
 database, clipped to them with range deletions, and the entries in range of the other snapshots
@@ -82,17 +87,37 @@ class RocksDBStore:
         return _iterate(iterator, end)
 
     def snapshot(self, checkpoint_id: int) -> StoreHandle:
+        with self._local_checkpoint() as local:
+            files = [self._upload(local, name, checkpoint_id) for name in sorted(os.listdir(local))]
+        # Only SSTs of this checkpoint can be shared by the next one: forget the compacted-away.
+        self._uploaded = {name: ref for name, ref in files if name.endswith(".sst")}
+        return {"files": [{"name": name, **ref.to_dict()} for name, ref in files]}
+
+    def savepoint(self, checkpoint_id: int, directory: str) -> StoreHandle:
+        """Every file of a RocksDB checkpoint uploaded into `directory`, shared with nothing."""
+        with self._local_checkpoint() as local:
+            files = [
+                {
+                    "name": name,
+                    **dfs.upload_file(
+                        os.path.join(local, name), dfs.join(directory, name), self._options
+                    ).to_dict(),
+                }
+                for name in sorted(os.listdir(local))
+            ]
+        return {"files": files, "savepoint": True}
+
+    @contextlib.contextmanager
+    def _local_checkpoint(self) -> Iterator[str]:
+        """A RocksDB checkpoint of the flushed database in a local directory (removed after)."""
         self._db.flush()
         staging = tempfile.mkdtemp(prefix="chk-", dir=os.path.dirname(self._path))
         local = os.path.join(staging, "checkpoint")
         try:
             Checkpoint(self._db).create_checkpoint(local)
-            files = [self._upload(local, name, checkpoint_id) for name in sorted(os.listdir(local))]
+            yield local
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        # Only SSTs of this checkpoint can be shared by the next one: forget the compacted-away.
-        self._uploaded = {name: ref for name, ref in files if name.endswith(".sst")}
-        return {"files": [{"name": name, **ref.to_dict()} for name, ref in files]}
 
     def _upload(self, directory: str, name: str, checkpoint_id: int) -> tuple[str, dfs.FileRef]:
         if name.endswith(".sst"):
@@ -165,10 +190,12 @@ class RocksDBStoreFactory:
         if restore is None:
             return RocksDBStore(context, path, {})
         files = _snapshot_files(restore)
+        # A savepoint's files are the user's: the store's first checkpoint uploads its own.
+        shared = {} if restore.get("savepoint") else dict(files)
         with _restoring(context, path):
             _download(context, files, path)
             return RocksDBStore(
-                context, path, {name: ref for name, ref in files if name.endswith(".sst")}
+                context, path, {name: ref for name, ref in shared.items() if name.endswith(".sst")}
             )
 
     def export(

@@ -9,6 +9,12 @@ A rescale (a restore with another parallelism) opens a store for a key-group ran
 snapshots of several old subtasks (`RescaleSource`s): a factory may do that natively with
 `open_rescaled(context, sources)`; without it, `statebackend.registry` fills a new empty store from
 `export` of each source.
+
+Savepoints: a store may write its own format into a savepoint's directory (the optional
+`KvStore.savepoint`, a `native` savepoint); every store can be saved in the `canonical` format
+from its `scan` (`statebackend.canonical`). A native savepoint belongs to the user: the store never
+releases it. A factory whose savepoints reference files outside their directory (shared with the
+job, e.g. pinned tables) has `dispose_savepoint`, called before the directory is deleted.
 """
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -91,6 +97,11 @@ class KvStore(Protocol):
         """Release all resources and delete local working files (checkpoint files are kept)."""
         ...
 
+    # Optional: `savepoint(checkpoint_id: int, directory: str) -> StoreHandle`, the current
+    # contents written into `directory` (a fresh directory the user owns, any fsspec URL) in the
+    # store's own format. `open` restores the handle; no `release` is ever called on it, and the
+    # store restored from it must not delete what it references (it is not the store's own).
+
 
 class StoreFactory(Protocol):
     name: str
@@ -116,3 +127,7 @@ class StoreFactory(Protocol):
 
     # Optional: `open_rescaled(context, sources: Sequence[RescaleSource]) -> KvStore`, a store
     # holding exactly the sources' entries whose key group is in `context.key_group_range`.
+
+    # Optional: `dispose_savepoint(context, handle: StoreHandle) -> None`, let go of what the
+    # savepoint `handle` (of `KvStore.savepoint`) references outside its directory, which the
+    # caller deletes next. Idempotent. `context.scope` and `key_group_range` are the handle's.

@@ -93,7 +93,7 @@ class InputGate:
         self._next = 0
         self._watermark = MIN_TIMESTAMP
         self._idle = False
-        self._aligning: int | None = None
+        self._aligning: Barrier | None = None
 
     def add(self, channel: Channel, input_index: int) -> None:
         channel.attach(self._signal)
@@ -160,19 +160,20 @@ class InputGate:
 
     def _on_barrier(self, state: _InputState, barrier: Barrier) -> list[Element]:
         if self._aligning is None:
-            self._aligning = barrier.checkpoint_id
-        elif barrier.checkpoint_id != self._aligning:
+            self._aligning = barrier
+        elif barrier.checkpoint_id != self._aligning.checkpoint_id:
             raise RuntimeError(
                 f"barrier {barrier.checkpoint_id} arrived while aligning "
-                f"checkpoint {self._aligning}"
+                f"checkpoint {self._aligning.checkpoint_id}"
             )
         state.blocked = True
         return self._aligned_barrier()
 
     def _aligned_barrier(self) -> list[Element]:
+        """The barrier being aligned (with its savepoint target), once every input delivered it."""
         if self._aligning is None or not all(s.blocked or s.ended for s in self.inputs):
             return []
-        checkpoint_id, self._aligning = self._aligning, None
+        barrier, self._aligning = self._aligning, None
         for s in self.inputs:
             s.blocked = False
-        return [Barrier(checkpoint_id)]
+        return [barrier]

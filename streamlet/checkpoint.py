@@ -8,23 +8,37 @@ subtask) is written to `<checkpoint.dir>/<job>/chk-<n>/_metadata` (JSON) — a c
 exactly when that file exists and parses. Subtasks are then notified (sinks commit), and all but the
 newest `checkpoint.retained` checkpoints are deleted. One checkpoint is in flight at a time.
 
+A savepoint (`CheckpointCoordinator.savepoint`) is a round like the others whose barrier carries
+its directory and format: its metadata (`"kind": "savepoint"`, `"savepoint_format"`) goes to
+`<directory>/_metadata` only, with every file reference inside the directory written relative to
+it (`statebackend.dfs.relativize`), so the directory can be moved. It is not part of the job's
+checkpoints: no retention releases it. An intermediate savepoint commits nothing (sinks commit at
+the next checkpoint); a final one (stop with a savepoint) ends the job like a final checkpoint.
+When an operator fails to write its part, the round is declined: the directory is deleted, the
+sources of a final round read on, and `SavepointError` says why; the job goes on.
+
 `CheckpointStorage.latest()` finds the newest complete checkpoint, skipping any whose metadata is
 missing or torn (a process killed while writing it). `read_metadata(url)` reads the checkpoint or
-savepoint a run is started from (`streamlet run -s URL`), and `restored_states` matches its
-operators to the job's by uid and shares each operator's state out among the job's subtasks, at
-the checkpoint's parallelism or another one (a rescale).
+savepoint a run is started from (`streamlet run -s URL`), resolving relative file references
+against its directory, and `restored_states` matches its operators to the job's by uid and shares
+each operator's state out among the job's subtasks, at the checkpoint's parallelism or another one
+(a rescale).
 """
 
 import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import fsspec
 
-from streamlet.errors import CheckpointError
+from statebackend import dfs
+from statebackend.backend import SAVEPOINT_FORMATS
+from streamlet.elements import SavepointTarget
+from streamlet.errors import CheckpointError, SavepointError
 from streamlet.operators import RestoreTarget
 
 if TYPE_CHECKING:
@@ -44,6 +58,26 @@ class CheckpointStorage:
         self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
         self.root = f"{root.rstrip('/')}/{job_name}"
         self.url = f"{url.rstrip('/')}/{job_name}"
+        self.job_name = job_name
+        self.checkpoint_dir = url.rstrip("/")
+        self.storage_options = storage_options
+
+    def savepoint_url(self, checkpoint_id: int, name: str | None = None) -> str:
+        """Where a savepoint goes when the user names no directory:
+        `<checkpoint.dir>/savepoints/<job>/savepoint-<id>-<name, else random>`."""
+        suffix = name or uuid.uuid4().hex[:8]
+        return f"{self._savepoints_url}/savepoint-{checkpoint_id}-{suffix}"
+
+    def savepoints_named(self, name: str) -> list[str]:
+        """The URLs of the default savepoint directories that end in `name` (`savepoint_url`)."""
+        fs, root = fsspec.core.url_to_fs(self._savepoints_url, **self.storage_options)
+        found = fs.glob(f"{root.rstrip('/')}/savepoint-*-{name}")
+        names = [str(path).rstrip("/").rsplit("/", 1)[-1] for path in found]
+        return [f"{self._savepoints_url}/{found_name}" for found_name in names]
+
+    @property
+    def _savepoints_url(self) -> str:
+        return f"{self.checkpoint_dir}/savepoints/{self.job_name}"
 
     def checkpoint_ids(self) -> list[int]:
         """Ids of all checkpoint directories, complete or not, newest first."""
@@ -145,20 +179,26 @@ def _layout_problem(metadata: dict[str, Any]) -> str | None:
     return None
 
 
+def snapshot_directory(url: str) -> str:
+    """The directory of a checkpoint or savepoint given by its directory or its `_metadata`."""
+    url = url.rstrip("/")
+    return url[: -len(METADATA_FILE) - 1] if url.endswith(f"/{METADATA_FILE}") else url
+
+
 def read_metadata(url: str, storage_options: Mapping[str, Any]) -> dict[str, Any]:
     """The metadata of the checkpoint or savepoint at `url`: its directory (a retained
     `<checkpoint.dir>/<job>/chk-<n>`, a savepoint) or the `_metadata` file in it.
 
-    This is the one place that reads a snapshot to restore from a URL: the paths inside are used
-    as they are (checkpoints record full URLs). A `CheckpointError` names the URL if nothing is
-    there, if it holds no metadata, or if the metadata is damaged.
+    This is the one place that reads a snapshot to restore from a URL: relative file references
+    (a savepoint's own files) are resolved against the directory, full URLs are used as they are.
+    A `CheckpointError` names the URL if nothing is there, if it holds no metadata, or if the
+    metadata is damaged.
     """
+    directory = snapshot_directory(url)
     try:
-        fs, path = fsspec.core.url_to_fs(url, **storage_options)
-        path = path.rstrip("/")
-        file = path if path.rsplit("/", 1)[-1] == METADATA_FILE else f"{path}/{METADATA_FILE}"
+        fs, path = fsspec.core.url_to_fs(directory, **storage_options)
         try:
-            data = fs.cat_file(file)
+            data = fs.cat_file(f"{path}/{METADATA_FILE}")
         except FileNotFoundError:
             if fs.exists(path):
                 raise CheckpointError(
@@ -170,7 +210,41 @@ def read_metadata(url: str, storage_options: Mapping[str, Any]) -> dict[str, Any
             ) from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read the checkpoint or savepoint at {url}: {e}") from e
-    return parse_metadata(data, f"the metadata of {url}")
+    return dfs.resolve(parse_metadata(data, f"the metadata of {url}"), directory)
+
+
+def prepare_savepoint_directory(url: str, storage_options: Mapping[str, Any]) -> None:
+    """Check that a savepoint can go to `url`: a directory that does not exist yet, or is empty
+    (`SavepointError` otherwise). Nothing is written."""
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        if not fs.exists(path):
+            return
+        if not fs.isdir(path):
+            raise SavepointError(f"cannot write a savepoint to {url}: it is a file")
+        if fs.ls(path, detail=False):
+            raise SavepointError(
+                f"cannot write a savepoint to {url}: the directory is not empty (a savepoint "
+                "goes into a new or empty directory)"
+            )
+    except (OSError, ValueError) as e:
+        raise SavepointError(f"cannot write a savepoint to {url}: {e}") from e
+
+
+def write_savepoint_metadata(
+    url: str, metadata: dict[str, Any], storage_options: Mapping[str, Any]
+) -> None:
+    """Write a savepoint's metadata, its file references relative to `url`, its directory."""
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    fs.makedirs(path, exist_ok=True)
+    fs.pipe_file(f"{path}/{METADATA_FILE}", json.dumps(dfs.relativize(metadata, url)).encode())
+
+
+def delete_directory(url: str, storage_options: Mapping[str, Any]) -> None:
+    """Delete a directory and everything in it (one that does not exist is fine)."""
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 def restored_states(
@@ -189,7 +263,8 @@ def restored_states(
     subtasks, at the same parallelism or another. Every problem is a `CheckpointError` (a
     `StateTypeConflictError` for an incompatible keyed state), raised before anything runs.
     """
-    name = f"checkpoint {metadata['checkpoint_id']} of job {metadata['job']!r}"
+    kind = "savepoint" if metadata.get("kind") == "savepoint" else "checkpoint"
+    name = f"{kind} {metadata['checkpoint_id']} of job {metadata['job']!r}"
     restored = metadata["operators"]
     if metadata["max_parallelism"] != max_parallelism:
         raise CheckpointError(
@@ -273,8 +348,10 @@ class CheckpointCoordinator:
         self._lock = asyncio.Lock()
         self._pending: set[int] = set()
         self._states: dict[str, dict[int, Any]] = {}
+        self._declined: list[str] = []
         self._acknowledged: asyncio.Future[None] | None = None
         self._checkpoint_id = 0
+        self._ended = False  # a final round completed: no round follows
 
     def attach(self, subtasks: list["Subtask"], sources: list["SourceSubtask"]) -> None:
         """The subtasks to checkpoint (all of them) and the source subtasks among them."""
@@ -284,30 +361,10 @@ class CheckpointCoordinator:
     async def checkpoint(self, final: bool = False) -> int:
         """Take one checkpoint and wait until it is complete; return its id."""
         async with self._lock:
-            checkpoint_id = self.next_id
-            self.next_id += 1
+            checkpoint_id = self._next_round()
             started = time.monotonic()
-            self._checkpoint_id = checkpoint_id
-            self._pending = {id(subtask) for subtask in self.subtasks}
-            self._states = {uid: {} for uid in self.parallelism}
-            self._acknowledged = asyncio.get_running_loop().create_future()
-            for source in self.sources:
-                source.trigger_checkpoint(checkpoint_id, final)
-            await self._acknowledged
-            metadata = {
-                "format": METADATA_FORMAT,
-                "job": self.job_name,
-                "checkpoint_id": checkpoint_id,
-                "timestamp_ms": time.time_ns() // 1_000_000,
-                "max_parallelism": self.max_parallelism,
-                "operators": {
-                    uid: {
-                        "parallelism": self.parallelism[uid],
-                        "subtasks": [by_index[i] for i in range(self.parallelism[uid])],
-                    }
-                    for uid, by_index in self._states.items()
-                },
-            }
+            states = await self._round(checkpoint_id, final, None)
+            metadata = self._metadata(checkpoint_id, states, kind="checkpoint")
             path = await asyncio.to_thread(self.storage.write, metadata)
             self.completed_id = checkpoint_id
             self.metrics.checkpoints += 1
@@ -319,10 +376,106 @@ class CheckpointCoordinator:
                 " (final)" if final else "",
                 path,
             )
-            for subtask in self.subtasks:
-                await subtask.notify_checkpoint_complete(checkpoint_id)
+            await self._complete(checkpoint_id, final)
             await self._apply_retention()
             return checkpoint_id
+
+    async def savepoint(
+        self, url: str | None, format: str, final: bool = False, name: str | None = None
+    ) -> str:
+        """Take a savepoint into the directory `url` (None: `CheckpointStorage.savepoint_url`,
+        ending in `name` if given) in `format`, and return its directory once its `_metadata` is
+        written. A final savepoint ends the job (sinks commit); an intermediate one commits
+        nothing. A savepoint that cannot be taken raises `SavepointError`, leaves nothing in the
+        directory, and (final or not) the job goes on."""
+        if format not in SAVEPOINT_FORMATS:
+            raise SavepointError(
+                f"unknown savepoint format {format!r}: use {' or '.join(SAVEPOINT_FORMATS)}"
+            )
+        options = self.storage.storage_options
+        async with self._lock:
+            checkpoint_id = self._next_round()
+            started = time.monotonic()
+            directory = (url or self.storage.savepoint_url(checkpoint_id, name)).rstrip("/")
+            await asyncio.to_thread(prepare_savepoint_directory, directory, options)
+            try:
+                states = await self._round(checkpoint_id, final, SavepointTarget(directory, format))
+                metadata = self._metadata(
+                    checkpoint_id, states, kind="savepoint", savepoint_format=format
+                )
+                await asyncio.to_thread(write_savepoint_metadata, directory, metadata, options)
+            except Exception as e:
+                await asyncio.to_thread(delete_directory, directory, options)
+                if final:
+                    for source in self.sources:
+                        source.resume()
+                if isinstance(e, SavepointError):
+                    raise
+                raise SavepointError(
+                    f"savepoint {checkpoint_id} of job {self.job_name} failed: {e}"
+                ) from e
+            log.info(
+                "savepoint %d (%s) completed in %.0f ms%s: %s",
+                checkpoint_id,
+                format,
+                (time.monotonic() - started) * 1000,
+                " (final)" if final else "",
+                directory,
+            )
+            if final:
+                await self._complete(checkpoint_id, final)
+            return directory
+
+    def _next_round(self) -> int:
+        if self._ended:
+            raise SavepointError(f"job {self.job_name} is ending: it takes no more savepoints")
+        checkpoint_id = self.next_id
+        self.next_id += 1
+        return checkpoint_id
+
+    async def _round(
+        self, checkpoint_id: int, final: bool, savepoint: SavepointTarget | None
+    ) -> dict[str, dict[int, Any]]:
+        """Trigger the sources and wait until every subtask acknowledged (or declined)."""
+        self._checkpoint_id = checkpoint_id
+        self._pending = {id(subtask) for subtask in self.subtasks}
+        self._states = {uid: {} for uid in self.parallelism}
+        self._declined = []
+        self._acknowledged = asyncio.get_running_loop().create_future()
+        for source in self.sources:
+            source.trigger_checkpoint(checkpoint_id, final, savepoint)
+        await self._acknowledged
+        if self._declined:
+            raise SavepointError(
+                f"savepoint {checkpoint_id} of job {self.job_name} failed: {self._declined[0]}"
+            )
+        return self._states
+
+    def _metadata(
+        self, checkpoint_id: int, states: dict[str, dict[int, Any]], **extra: Any
+    ) -> dict[str, Any]:
+        return {
+            "format": METADATA_FORMAT,
+            "job": self.job_name,
+            "checkpoint_id": checkpoint_id,
+            "timestamp_ms": time.time_ns() // 1_000_000,
+            "max_parallelism": self.max_parallelism,
+            **extra,
+            "operators": {
+                uid: {
+                    "parallelism": self.parallelism[uid],
+                    "subtasks": [by_index[i] for i in range(self.parallelism[uid])],
+                }
+                for uid, by_index in states.items()
+            },
+        }
+
+    async def _complete(self, checkpoint_id: int, final: bool) -> None:
+        """Tell every subtask that round `checkpoint_id` is complete (sinks commit)."""
+        if final:
+            self._ended = True
+        for subtask in self.subtasks:
+            await subtask.notify_checkpoint_complete(checkpoint_id)
 
     async def _apply_retention(self) -> None:
         """Release the state of checkpoints beyond the retained count, then delete them."""
@@ -345,12 +498,24 @@ class CheckpointCoordinator:
                 await self.checkpoint()
 
     def acknowledge(self, checkpoint_id: int, subtask: "Subtask", states: "SubtaskStates") -> None:
-        if checkpoint_id != self._checkpoint_id or self._acknowledged is None:
-            raise CheckpointError(f"unexpected acknowledgement of checkpoint {checkpoint_id}")
+        self._check_round(checkpoint_id)
         for uid, state in states.items():
             self._states[uid][subtask.index] = state
+        self._responded(subtask)
+
+    def decline(self, checkpoint_id: int, subtask: "Subtask", reason: str) -> None:
+        """A subtask could not write its part of savepoint `checkpoint_id`."""
+        self._check_round(checkpoint_id)
+        self._declined.append(reason)
+        self._responded(subtask)
+
+    def _check_round(self, checkpoint_id: int) -> None:
+        if checkpoint_id != self._checkpoint_id or self._acknowledged is None:
+            raise CheckpointError(f"unexpected acknowledgement of checkpoint {checkpoint_id}")
+
+    def _responded(self, subtask: "Subtask") -> None:
         self._pending.discard(id(subtask))
-        if not self._pending and not self._acknowledged.done():
+        if not self._pending and self._acknowledged is not None and not self._acknowledged.done():
             self._acknowledged.set_result(None)
 
     def source_finished(self, subtask: "SourceSubtask") -> None:

@@ -1,8 +1,10 @@
 """The `streamlet` command line.
 
 `streamlet run JOB.py ... -- ARGS` and `streamlet submit TARGET ... -- ARGS` hand everything after
-the first `--` to the job module (its `sys.argv[1:]` while it loads). `streamlet run -s URL` starts
-the job from a checkpoint or savepoint, at the parallelism given now.
+the first `--` to the job module (its `sys.argv[1:]` while it loads). `streamlet run -s URL` and
+`streamlet submit -s URL` start the job from a checkpoint or savepoint, at the parallelism given
+now; `streamlet savepoint` and `streamlet stop` take savepoints of a job on a cluster, `streamlet
+savepoint --dispose URL` deletes one.
 """
 
 import argparse
@@ -11,6 +13,27 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv, job_args = _split_job_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if job_args is not None and args.command not in JOB_ARGS_COMMANDS:
+        parser.error(f"only {' and '.join(JOB_ARGS_COMMANDS)} take job arguments after --")
+    if args.command == "demo":
+        return _demo(args.rows, args.parallelism)
+    if args.command == "compaction-service":
+        from compaction_service.cli import serve
+
+        options = vars(args)
+        del options["command"]
+        return serve(**options)
+    if args.command == "run":
+        return _run(args, job_args or [])
+    if args.command in CLUSTER_COMMANDS:
+        return _cluster_command(args, job_args or [])
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every `streamlet` command (the job module's arguments after `--` apart)."""
     parser = argparse.ArgumentParser(prog="streamlet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
@@ -64,25 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         help="also log INFO lines (checkpoints, compactions), not only warnings",
     )
     _add_cluster_commands(commands)
-    args = parser.parse_args(argv)
-    if job_args is not None and args.command not in JOB_ARGS_COMMANDS:
-        parser.error(f"only {' and '.join(JOB_ARGS_COMMANDS)} take job arguments after --")
-    if args.command == "demo":
-        return _demo(args.rows, args.parallelism)
-    if args.command == "compaction-service":
-        from compaction_service.cli import serve
-
-        options = vars(args)
-        del options["command"]
-        return serve(**options)
-    if args.command == "run":
-        return _run(args, job_args or [])
-    if args.command in CLUSTER_COMMANDS:
-        return _cluster_command(args, job_args or [])
-    return 2
+    return parser
 
 
-CLUSTER_COMMANDS = ("jobmanager", "taskmanager", "cluster", "submit", "list", "status", "cancel")
+CLUSTER_COMMANDS = (
+    "jobmanager",
+    "taskmanager",
+    "cluster",
+    "submit",
+    "list",
+    "status",
+    "cancel",
+    "savepoint",
+    "stop",
+)
 JOB_ARGS_COMMANDS = ("run", "submit")
 
 
@@ -134,6 +152,38 @@ def _add_cluster_commands(commands: "argparse._SubParsersAction") -> None:
         action="store_true",
         help="wait for the job to end; exit with 0 only if it finished",
     )
+    submit.add_argument(
+        "-s",
+        "--restore-from",
+        metavar="URL",
+        help="start from this savepoint or retained checkpoint (its directory or _metadata), "
+        "at the parallelism given now",
+    )
+    submit.add_argument(
+        "--allow-non-restored-state",
+        action="store_true",
+        help="leave out restored state of operators the job no longer has (matched by uid)",
+    )
+    formats = ("native", "canonical")
+    savepoint = commands.add_parser(
+        "savepoint", help="take a savepoint of a running job (or --dispose of one)"
+    )
+    savepoint.add_argument("job_id", metavar="ID", nargs="?")
+    savepoint.add_argument(
+        "url", metavar="URL", nargs="?", help="a new or empty directory (default: under "
+        "<checkpoint.dir>/savepoints/<job>/)"
+    )
+    savepoint.add_argument("--format", choices=formats, default="native")
+    savepoint.add_argument(
+        "--dispose", metavar="URL", help="delete this savepoint (no job manager needed)"
+    )
+    stop = commands.add_parser("stop", help="stop a job with a savepoint as its final checkpoint")
+    stop.add_argument("job_id", metavar="ID")
+    stop.add_argument("--savepoint", metavar="URL", help="the savepoint's directory")
+    stop.add_argument("--format", choices=formats, default="native")
+    for command in (savepoint, stop):
+        command.add_argument("--jobmanager", help="job manager URL (default: cluster.jobmanager)")
+        _add_defines(command, "the client (dfs.storage-options for --dispose)")
     for name, help_text in (
         ("list", "list the cluster's jobs"),
         ("status", "show a job's status"),
@@ -178,9 +228,30 @@ def _cluster_command(args: argparse.Namespace, job_args: list[str]) -> int:
     if args.command == "cluster":
         return local.cluster(config, args.port, args.taskmanagers, args.slots)
     if args.command == "submit":
+        if args.allow_non_restored_state:
+            defines["checkpoint.allow-non-restored-state"] = "true"
         return commands.submit(
-            config, args.target, args.entry, args.parallelism, defines, job_args, args.wait
+            config,
+            args.target,
+            args.entry,
+            args.parallelism,
+            defines,
+            job_args,
+            args.wait,
+            args.restore_from,
         )
+    if args.command == "savepoint":
+        if args.dispose is not None:
+            if args.job_id is not None:
+                print("error: savepoint --dispose URL takes no job id", file=sys.stderr)
+                return 2
+            return commands.dispose_savepoint(config, args.dispose)
+        if args.job_id is None:
+            print("error: savepoint needs a job id (or --dispose URL)", file=sys.stderr)
+            return 2
+        return commands.savepoint(config, args.job_id, args.url, args.format)
+    if args.command == "stop":
+        return commands.stop(config, args.job_id, args.savepoint, args.format)
     if args.command == "list":
         return commands.list_jobs(config, args.json)
     if args.command == "status":

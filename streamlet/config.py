@@ -174,7 +174,8 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "checkpoint.dir",
         "url",
         None,
-        "fsspec URL where checkpoint metadata is written: <dir>/<job>/chk-<id>/_metadata. "
+        "fsspec URL where checkpoint metadata is written: <dir>/<job>/chk-<id>/_metadata; a "
+        "savepoint given no directory goes to <dir>/savepoints/<job>/. "
         "Default: file://<cwd>/.streamlet/checkpoints.",
         str,
     ),
@@ -198,8 +199,8 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "bool",
         True,
         "Restore the latest completed checkpoint of the job (if any) when it starts, at the "
-        "parallelism the job has now; `streamlet run -s URL` restores the checkpoint or savepoint "
-        "at URL instead.",
+        "parallelism the job has now; `streamlet run -s URL` (and `streamlet submit -s URL`) "
+        "restores the checkpoint or savepoint at URL instead.",
         _parse_bool,
     ),
     ConfigOption(

@@ -2,9 +2,10 @@
 
 A channel carries batches (lists) of elements. A `Record` is a value with an optional event-time
 timestamp (milliseconds); a `Watermark` says no record with a timestamp at or below it follows;
-a `Barrier` marks checkpoint `checkpoint_id` in the stream; `EndOfInput` is the last element an
-upstream subtask sends; `IdleStatus` tells consumers that an input holds no data for a while (so its
-watermark must not hold event time back) or that it is active again.
+a `Barrier` marks checkpoint `checkpoint_id` in the stream (for a savepoint, it carries where and
+in which format every subtask writes its state: a `SavepointTarget`); `EndOfInput` is the last
+element an upstream subtask sends; `IdleStatus` tells consumers that an input holds no data for a
+while (so its watermark must not hold event time back) or that it is active again.
 """
 
 from dataclasses import dataclass
@@ -33,8 +34,18 @@ class Watermark:
 
 
 @dataclass(frozen=True, slots=True)
+class SavepointTarget:
+    """Where a savepoint goes (its directory, any fsspec URL) and its format (`native` or
+    `canonical`)."""
+
+    url: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
 class Barrier:
     checkpoint_id: int
+    savepoint: SavepointTarget | None = None
 
 
 @dataclass(frozen=True, slots=True)

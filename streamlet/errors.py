@@ -2,7 +2,8 @@
 
 `OperatorError` names the operator, the record and the place in the user's code that raised;
 `JobLoadError` names the job file; `JobDefinitionError` a mistake in building the job graph;
-`CheckpointError` a checkpoint that cannot be written or restored.
+`CheckpointError` a checkpoint that cannot be written or restored; `SavepointError` a savepoint
+that cannot be taken (the job goes on).
 """
 
 import traceback
@@ -32,6 +33,11 @@ class JobLoadError(StreamletError):
 
 class CheckpointError(StreamletError):
     """A checkpoint cannot be written, read or restored."""
+
+
+class SavepointError(CheckpointError):
+    """A savepoint cannot be taken or disposed of (a bad target, a job that is not running, an
+    operator that failed to write its state); a running job goes on."""
 
 
 class OperatorError(StreamletError):

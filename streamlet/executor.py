@@ -12,7 +12,9 @@ Each chain of the plan runs as `parallelism` subtasks. An edge between chains be
 one per subtask pair for a forward edge, all-to-all otherwise, each a bounded queue. The job ends
 when every source is exhausted (a final checkpoint is taken after the sources' last watermark, so
 a rerun finds nothing left to do) or when `stop` is set (a final checkpoint at the sources' current
-position, without draining windows, so a rerun continues where this one stopped).
+position, without draining windows, so a rerun continues where this one stopped). A
+`JobControl` (`streamlet.savepoints`) asks the running job for savepoints, and stops it with a
+savepoint as its final round (one that fails leaves the job running).
 """
 
 import asyncio
@@ -31,13 +33,14 @@ from streamlet.checkpoint import (
     restored_states,
 )
 from streamlet.config import Configuration
-from streamlet.errors import JobDefinitionError, StreamletError
-from streamlet.graph import Chain, NodeKind, Plan
+from streamlet.errors import JobDefinitionError, SavepointError, StreamletError
+from streamlet.graph import Chain, Node, NodeKind, Plan
 from streamlet.metrics import JobMetrics
 from streamlet.operators import Operator, OperatorContext
 from streamlet.outputs import ChainedOutput, DiscardingOutput, FanOut, Output, RecordWriter
 from streamlet.partitioners import ForwardPartitioner
 from streamlet.restart import FixedDelayRestart
+from streamlet.savepoints import JobControl
 from streamlet.task import CheckpointListener, OperatorSubtask, SourceSubtask, Subtask
 
 if TYPE_CHECKING:
@@ -66,50 +69,56 @@ async def execute_job(
     metrics: JobMetrics | None = None,
     restore_from: str | None = None,
     allow_non_restored_state: bool | None = None,
+    control: JobControl | None = None,
 ) -> JobResult:
-    """Run `job` until its sources end or `stop` is set, restarting per the restart strategy.
+    """Run `job` until its sources end or it is stopped, restarting per the restart strategy.
 
-    `restore_from`: the URL of a checkpoint or savepoint to start from (None: the job's latest
-    checkpoint, if `checkpoint.restore`); `allow_non_restored_state` (None: the configuration's
-    `checkpoint.allow-non-restored-state`) lets it hold state of operators the job no longer has.
+    It stops when `stop` is set (or `control.stop`; `control` also takes savepoints and stops
+    with one). `restore_from`: the URL of a checkpoint or savepoint to start from (None: the
+    job's latest checkpoint, if `checkpoint.restore`); `allow_non_restored_state` (None: the
+    configuration's `checkpoint.allow-non-restored-state`) lets it hold state of operators the
+    job no longer has.
     """
     if not isinstance(config, Configuration):
         config = Configuration(config)
     metrics = metrics or JobMetrics()
-    stop = stop or asyncio.Event()
+    control = control or JobControl(stop)
     strategy = FixedDelayRestart(config.get("restart.attempts"), config.get("restart.delay"))
     started = time.monotonic()
     attempts: list[Execution] = []
-    while True:
-        execution = Execution(
-            job,
-            config,
-            parallelism,
-            metrics,
-            stop,
-            restore_from=restore_from,
-            allow_non_restored_state=allow_non_restored_state,
-        )
-        attempts.append(execution)
-        try:
-            await execution.run()
-            break
-        except Exception as error:
-            if not execution.started and isinstance(error, StreamletError | StateError):
-                raise  # bad input (see `Execution.started`): a restart cannot fix it
-            delay = strategy.next_delay_ms()
-            if delay is None:
-                raise
-            restore_from = execution.restart_point or restore_from
-            log.warning(
-                "job %s failed (%s); restart %d of %d in %d ms from the latest checkpoint",
-                job.name,
-                error,
-                strategy.used,
-                strategy.attempts,
-                delay,
+    try:
+        while True:
+            execution = Execution(
+                job,
+                config,
+                parallelism,
+                metrics,
+                control,
+                restore_from=restore_from,
+                allow_non_restored_state=allow_non_restored_state,
             )
-            await asyncio.sleep(delay / 1000)
+            attempts.append(execution)
+            try:
+                await execution.run()
+                break
+            except Exception as error:
+                if not execution.started and isinstance(error, StreamletError | StateError):
+                    raise  # bad input (see `Execution.started`): a restart cannot fix it
+                delay = strategy.next_delay_ms()
+                if delay is None:
+                    raise
+                restore_from = execution.restart_point or restore_from
+                log.warning(
+                    "job %s failed (%s); restart %d of %d in %d ms from the latest checkpoint",
+                    job.name,
+                    error,
+                    strategy.used,
+                    strategy.attempts,
+                    delay,
+                )
+                await asyncio.sleep(delay / 1000)
+    finally:
+        control.end()
     return JobResult(
         job.name,
         metrics.records_in,
@@ -119,6 +128,29 @@ async def execute_job(
         attempts[0].restored_id,
         time.monotonic() - started,
     )
+
+
+def plan_job(job: "Job", parallelism: int, max_parallelism: int) -> Plan:
+    """The job's plan at `parallelism`; `JobDefinitionError` if a chain is above
+    `max_parallelism` (`parallelism.max`)."""
+    plan = job.graph.plan(parallelism)
+    for chain in plan.chains:
+        if chain.parallelism > max_parallelism:
+            raise JobDefinitionError(
+                f"'{chain.name}' has parallelism {chain.parallelism}, above parallelism.max "
+                f"({max_parallelism})"
+            )
+    return plan
+
+
+def plan_operators(plan: Plan) -> dict[str, tuple[Node, int]]:
+    """Each operator of the plan by uid, with its node and parallelism (what `restored_states`
+    matches a checkpoint's operators against)."""
+    return {
+        node.operator_uid: (node, chain.parallelism)
+        for chain in plan.chains
+        for node in chain.nodes
+    }
 
 
 class Execution:
@@ -137,7 +169,7 @@ class Execution:
         config: Configuration,
         parallelism: int | None,
         metrics: JobMetrics,
-        stop: asyncio.Event,
+        control: JobControl,
         *,
         restore_from: str | None = None,
         allow_non_restored_state: bool | None = None,
@@ -145,15 +177,11 @@ class Execution:
         self.job = job
         self.config = config
         self.metrics = metrics
-        self.stop = stop
-        self.plan: Plan = job.graph.plan(parallelism or config.get("parallelism.default"))
+        self.control = control
         self.max_parallelism = config.get("parallelism.max")
-        for chain in self.plan.chains:
-            if chain.parallelism > self.max_parallelism:
-                raise JobDefinitionError(
-                    f"'{chain.name}' has parallelism {chain.parallelism}, above parallelism.max "
-                    f"({self.max_parallelism})"
-                )
+        self.plan: Plan = plan_job(
+            job, parallelism or config.get("parallelism.default"), self.max_parallelism
+        )
         self.batch_size = config.get("pipeline.batch-size")
         self.restore_from = restore_from
         self.allow_non_restored_state = (
@@ -170,11 +198,7 @@ class Execution:
         storage = CheckpointStorage(
             self.config.get("checkpoint.dir"), self.job.name, self.config.get("dfs.storage-options")
         )
-        operators = {
-            node.operator_uid: (node, chain.parallelism)
-            for chain in self.plan.chains
-            for node in chain.nodes
-        }
+        operators = plan_operators(self.plan)
         ids = await asyncio.to_thread(storage.checkpoint_ids)
         restored: dict[str, dict[int, Any]] = {}
         metadata = await self.restore_point(storage)
@@ -253,7 +277,21 @@ class Execution:
             raise failure.exceptions[0] from None
 
     async def _control(self, coordinator: CheckpointCoordinator, sources: list[Any]) -> None:
-        """Periodic checkpoints until the sources finish or `stop` is set, then the final one."""
+        """Checkpoints and savepoints until the job's final round completed, then the end."""
+        self.control.attach(coordinator)
+        try:
+            while not await self._until_final_round(coordinator):
+                pass
+        finally:
+            self.control.detach(coordinator)
+        for source in sources:
+            source.release()
+
+    async def _until_final_round(self, coordinator: CheckpointCoordinator) -> bool:
+        """Periodic checkpoints until the sources finish or the job is stopped, then the final
+        round: a checkpoint, or the savepoint of a stop request. False if that savepoint failed
+        (the job goes on)."""
+        control = self.control
         finish = asyncio.Event()
         interval = self.config.get("checkpoint.interval")
         periodic = (
@@ -263,19 +301,31 @@ class Execution:
         )
         waiters = [
             asyncio.create_task(coordinator.sources_finished.wait()),
-            asyncio.create_task(self.stop.wait()),
+            asyncio.create_task(control.stop.wait()),
+            asyncio.create_task(control.stop_requested.wait()),
         ]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finish.set()
             if periodic is not None:
                 await periodic
-            await coordinator.checkpoint(final=True)
+            request = control.stop_request
+            if request is None:
+                await coordinator.checkpoint(final=True)
+                return True
+            try:
+                path = await coordinator.savepoint(
+                    request.url, request.format, final=True, name=request.name
+                )
+            except SavepointError as e:
+                log.warning("job %s goes on: %s", self.job.name, e)
+                control.stopped(e)
+                return False
+            control.stopped(path)
+            return True
         finally:
             for task in [*waiters, *([periodic] if periodic else [])]:
                 task.cancel()
-        for source in sources:
-            source.release()
 
     def _build(
         self, restored: dict[str, dict[int, Any]], listener: CheckpointListener

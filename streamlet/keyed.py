@@ -11,12 +11,19 @@ groups overlap its own, so state, timers and windows move with their key groups 
 parallelism. Before anything runs, the restored snapshots are checked against the state
 descriptors the operator declares (`state_descriptors`: its own, and those a
 `KeyedProcessFunction` holds as attributes): a state of another type under the same name is a
-`StateTypeConflictError` naming the operator and the state.
+`StateTypeConflictError` naming the operator and the state. Canonical savepoints
+(`statebackend.canonical`) restore into any backend; native snapshots only into their own.
+
+A savepoint writes the subtask's backend into `<savepoint>/<uid>/<subtask>/` (`savepoint`), in the
+savepoint's format.
 """
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
+
+import xxhash
 
 from statebackend import (
     AggregatingStateDescriptor,
@@ -27,7 +34,9 @@ from statebackend import (
     StateTypeConflictError,
     ValueStateDescriptor,
 )
-from streamlet.elements import Record, Watermark
+from statebackend.canonical import CANONICAL
+from statebackend.dfs import join
+from streamlet.elements import Record, SavepointTarget, Watermark
 from streamlet.errors import CheckpointError, OperatorError, StreamletError
 from streamlet.functions import AggregateFunction, KeyedProcessFunction, OutputTag
 from streamlet.operators import Operator, RestoreTarget
@@ -51,7 +60,7 @@ class KeyedOperator(Operator):
         handles = [_handle(state) for state in states]
         _check_key_groups(handles, target.max_parallelism)
         for handle in handles:
-            if handle.backend != target.backend:
+            if handle.backend not in (target.backend, CANONICAL):
                 raise CheckpointError(
                     f"its state is in the {handle.backend!r} state backend, not in "
                     f"state.backend {target.backend!r}"
@@ -127,6 +136,15 @@ class KeyedOperator(Operator):
         handle = await asyncio.to_thread(self.backend.snapshot, checkpoint_id)
         return {"backend": handle.to_dict()}
 
+    async def savepoint(self, checkpoint_id: int, target: SavepointTarget) -> Any | None:
+        directory = join(
+            target.url, _directory_name(self.context.uid), str(self.context.subtask_index)
+        )
+        handle = await asyncio.to_thread(
+            self.backend.savepoint, checkpoint_id, directory, target.format
+        )
+        return {"backend": handle.to_dict()}
+
     async def release_checkpoints(self, dropped: list[Any], retained: list[Any]) -> None:
         mine = self.backend.backend_name
         kept = [StateHandle.from_dict(state["backend"]) for state in retained]
@@ -141,6 +159,14 @@ class KeyedOperator(Operator):
         if backend is not None:
             self.context.release_keyed_backend(backend)
             del self.backend
+
+
+def _directory_name(uid: str) -> str:
+    """A directory name for an operator's uid: the uid itself when it is a plain name."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", uid).strip("-.")
+    if safe == uid:
+        return uid
+    return f"{safe or 'operator'}-{xxhash.xxh32_hexdigest(uid.encode())}"
 
 
 def _handle(state: Any) -> StateHandle:

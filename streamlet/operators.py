@@ -9,6 +9,9 @@ On a restore, an operator defines how the states its old subtasks snapshot are s
 the new subtasks (`redistribute`, given a `RestoreTarget`): the identity at the same parallelism;
 keyed operators give each new subtask the snapshots overlapping its key groups, the sink operator
 asks its sink.
+
+A savepoint round calls `savepoint` instead of `snapshot`: the same state by default; keyed
+operators write their backend into the savepoint's directory (`streamlet.keyed`).
 """
 
 from collections.abc import Callable, Iterable
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from statebackend import BackendConfig, KeyedStateBackend, KeyGroupRange, create_backend
 from statebackend.registry import RestoreSource
 from streamlet.connectors.base import Sink, SinkWriter
-from streamlet.elements import Record, Watermark
+from streamlet.elements import Record, SavepointTarget, Watermark
 from streamlet.errors import CheckpointError
 from streamlet.functions import RuntimeContext
 from streamlet.metrics import JobMetrics
@@ -129,6 +132,11 @@ class Operator:
 
     async def snapshot(self, checkpoint_id: int) -> Any | None:
         return None
+
+    async def savepoint(self, checkpoint_id: int, target: SavepointTarget) -> Any | None:
+        """This operator's state in savepoint `checkpoint_id`: by default its `snapshot`; state
+        kept in files goes into `target.url` instead (a directory the user owns)."""
+        return await self.snapshot(checkpoint_id)
 
     async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
         pass

@@ -9,6 +9,11 @@ channels after every batch, so a slow consumer slows its producers (backpressure
 
 When checkpoints fall out of retention, subtask i of p releases the state that old subtasks j
 with j % p == i left in them, so that each is released once also after a rescale.
+
+A savepoint is a checkpoint round whose barrier carries a `SavepointTarget`: each operator writes
+its `savepoint` instead of its `snapshot`. A subtask whose operator fails to write one declines the
+round (the savepoint fails, the job goes on). After a final round the sources wait: released, the
+job ends; resumed (a final savepoint failed), they read on.
 """
 
 import asyncio
@@ -25,6 +30,7 @@ from streamlet.elements import (
     EndOfInput,
     IdleStatus,
     Record,
+    SavepointTarget,
     Watermark,
 )
 from streamlet.errors import OperatorError, StreamletError, describe_record
@@ -42,6 +48,8 @@ class CheckpointListener(Protocol):
     def acknowledge(
         self, checkpoint_id: int, subtask: "Subtask", states: SubtaskStates
     ) -> None: ...
+
+    def decline(self, checkpoint_id: int, subtask: "Subtask", reason: str) -> None: ...
 
     def source_finished(self, subtask: "SourceSubtask") -> None: ...
 
@@ -87,12 +95,22 @@ class Subtask:
         for writer in self.writers:
             await writer.flush()
 
-    async def _checkpoint(self, checkpoint_id: int, extra: SubtaskStates) -> None:
-        self._broadcast(Barrier(checkpoint_id))
+    async def _checkpoint(
+        self, checkpoint_id: int, extra: SubtaskStates, savepoint: SavepointTarget | None
+    ) -> None:
+        self._broadcast(Barrier(checkpoint_id, savepoint))
         await self._after_batch()
         states = dict(extra)
         for uid, operator in self.operators:
-            states[uid] = await operator.snapshot(checkpoint_id)
+            if savepoint is None:
+                states[uid] = await operator.snapshot(checkpoint_id)
+                continue
+            try:
+                states[uid] = await operator.savepoint(checkpoint_id, savepoint)
+            except Exception as e:  # the savepoint fails, not the job
+                reason = f"operator '{operator.name}' of {self.name}: {type(e).__name__}: {e}"
+                self.listener.decline(checkpoint_id, self, reason)
+                return
         self.listener.acknowledge(checkpoint_id, self, states)
 
     async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
@@ -144,19 +162,27 @@ class SourceSubtask(Subtask):
         self.generator = None if watermarks is None else watermarks.create_generator()
         self.idle_timeout_ms = None if watermarks is None else watermarks.idle_timeout_ms
         self.batch_size = batch_size
-        self._request: tuple[int, bool] | None = None
+        self._request: tuple[int, bool, SavepointTarget | None] | None = None
         self._wake = asyncio.Event()
         self._release = asyncio.Event()
+        self._resume = asyncio.Event()
         self._idle = False
 
-    def trigger_checkpoint(self, checkpoint_id: int, final: bool) -> None:
-        """Take checkpoint `checkpoint_id` between two batches; after a final one, stop reading."""
-        self._request = (checkpoint_id, final)
+    def trigger_checkpoint(
+        self, checkpoint_id: int, final: bool, savepoint: SavepointTarget | None = None
+    ) -> None:
+        """Take checkpoint (or savepoint) `checkpoint_id` between two batches; after a final one,
+        stop reading until released or resumed."""
+        self._request = (checkpoint_id, final, savepoint)
         self._wake.set()
 
     def release(self) -> None:
         """The final checkpoint is complete: send end-of-input downstream and finish."""
         self._release.set()
+
+    def resume(self) -> None:
+        """The final checkpoint (a savepoint) failed: read on."""
+        self._resume.set()
 
     async def run(self) -> None:
         try:
@@ -164,11 +190,26 @@ class SourceSubtask(Subtask):
             restored = self.restored.get(self.uid)
             await self.reader.open(None if restored is None else restored["position"])
             await self._read_until_final_checkpoint()
-            await self._release.wait()
             await self._end()
         finally:
             await self.reader.close()
             await self._close_operators()
+
+    async def _released(self) -> bool:
+        """After a final checkpoint: True once released, False if resumed instead."""
+        waiters = [
+            asyncio.create_task(self._release.wait()),
+            asyncio.create_task(self._resume.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if self._release.is_set():
+            return True
+        self._resume.clear()
+        return False
 
     async def _read_until_final_checkpoint(self) -> None:
         if not self.reader.has_input:
@@ -178,11 +219,11 @@ class SourceSubtask(Subtask):
         reported_finished = False
         while True:
             if self._request is not None:
-                checkpoint_id, final = self._request
+                checkpoint_id, final, savepoint = self._request
                 self._request = None
                 position = {"position": self.reader.position()}
-                await self._checkpoint(checkpoint_id, {self.uid: position})
-                if final:
+                await self._checkpoint(checkpoint_id, {self.uid: position}, savepoint)
+                if final and await self._released():
                     return
                 continue
             if self.reader.finished:
@@ -282,7 +323,7 @@ class OperatorSubtask(Subtask):
         if type(event) is Watermark:
             self.operators[0][1].process_watermark(event)
         elif type(event) is Barrier:
-            await self._checkpoint(event.checkpoint_id, {})
+            await self._checkpoint(event.checkpoint_id, {}, event.savepoint)
         elif type(event) is IdleStatus:
             self._broadcast(event)
         elif isinstance(event, EndOfInput):

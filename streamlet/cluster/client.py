@@ -1,7 +1,8 @@
 """The job manager's REST client (aiohttp), used by the CLI and by task managers.
 
 Every call carries the token; an error answer becomes a `ClusterError` with the server's message
-and HTTP status, an unreachable job manager one with status None.
+and HTTP status, an unreachable job manager one with status None. A savepoint or stop answers once
+the savepoint completed: those calls wait up to `SAVEPOINT_TIMEOUT_S`.
 """
 
 import base64
@@ -12,6 +13,8 @@ import aiohttp
 
 from streamlet.cluster.auth import bearer
 from streamlet.cluster.model import Artifact
+
+SAVEPOINT_TIMEOUT_S = 600.0
 
 
 class ClusterError(Exception):
@@ -43,9 +46,19 @@ class JobManagerClient:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _call(self, method: str, path: str, body: Any = None, raw: bool = False) -> Any:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bool = False,
+        timeout_s: float | None = None,
+    ) -> Any:
+        timeout = None if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
         try:
-            async with self._session.request(method, self.url + path, json=body) as response:
+            async with self._session.request(
+                method, self.url + path, json=body, timeout=timeout
+            ) as response:
                 if response.status >= 400:
                     try:
                         message = (await response.json())["error"]
@@ -62,12 +75,14 @@ class JobManagerClient:
         data: bytes | None,
         parallelism: int | None,
         config: dict[str, Any],
+        restore_from: str | None = None,
     ) -> dict[str, Any]:
         body = {
             "artifact": vars(artifact),
             "data_b64": None if data is None else base64.b64encode(data).decode(),
             "parallelism": parallelism,
             "config": config,
+            "restore_from": restore_from,
         }
         return await self._call("POST", "/api/v1/jobs", body)
 
@@ -82,6 +97,23 @@ class JobManagerClient:
 
     async def checkpoints(self, job_id: str) -> dict[str, Any]:
         return await self._call("GET", f"/api/v1/jobs/{job_id}/checkpoints")
+
+    async def savepoint(self, job_id: str, url: str | None, format: str) -> dict[str, Any]:
+        """Take a savepoint of the running job; its record (`path`, ...) once it completed."""
+        body = {"url": url, "format": format} if url else {"format": format}
+        return await self._call(
+            "POST", f"/api/v1/jobs/{job_id}/savepoints", body, timeout_s=SAVEPOINT_TIMEOUT_S
+        )
+
+    async def stop(self, job_id: str, url: str | None, format: str) -> dict[str, Any]:
+        """Stop the job with a savepoint; the savepoint's record once it completed."""
+        body = {"savepoint_url": url, "format": format} if url else {"format": format}
+        return await self._call(
+            "POST", f"/api/v1/jobs/{job_id}/stop", body, timeout_s=SAVEPOINT_TIMEOUT_S
+        )
+
+    async def savepoints(self, job_id: str) -> list[dict[str, Any]]:
+        return (await self._call("GET", f"/api/v1/jobs/{job_id}/savepoints"))["savepoints"]
 
     async def task_managers(self) -> list[dict[str, Any]]:
         return (await self._call("GET", "/api/v1/taskmanagers"))["task_managers"]

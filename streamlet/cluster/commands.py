@@ -1,16 +1,21 @@
 """The cluster's command-line commands (parsed in `streamlet.cli`): `jobmanager`, `taskmanager`,
-`submit`, `list`, `status`, `cancel`.
+`submit`, `list`, `status`, `cancel`, `savepoint`, `stop`.
 
 Each takes the loaded `Configuration` (YAML file, environment, `-D`). Client commands print what
 the job manager answered and return 1 with `error: ...` on stderr when it refused (a broken
-module, a missing token) or could not be reached. `submit` carries the job module's arguments
-(after `--`) and, with `--wait`, polls the job until it ends and returns 0 only if it finished;
-`list` and `status` print JSON with `--json`.
+module, a missing token, a savepoint that failed) or could not be reached. `submit` carries the
+job module's arguments (after `--`) and the savepoint or checkpoint to start from (`-s`), and,
+with `--wait`, polls the job until it ends and returns 0 only if it finished; `list` and `status`
+print JSON with `--json`. `savepoint` and `stop` print the savepoint's directory once it
+completed; `savepoint --dispose URL` deletes a savepoint (no job manager involved). A local path
+given as a savepoint's URL is made absolute (the cluster's processes do not share the client's
+working directory).
 """
 
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -19,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from statebackend import StateError
 from streamlet.cluster import artifacts
 from streamlet.cluster.auth import MissingToken, require_token
 from streamlet.cluster.client import ClusterError, JobManagerClient
@@ -28,7 +34,8 @@ from streamlet.cluster.model import JobStatus
 from streamlet.cluster.rest import create_app
 from streamlet.cluster.taskmanager import TaskManager
 from streamlet.config import Configuration
-from streamlet.errors import JobLoadError
+from streamlet.errors import JobLoadError, StreamletError
+from streamlet.savepoints import dispose
 
 log = logging.getLogger("streamlet.cluster")
 WAIT_POLL_S = 0.5
@@ -122,12 +129,17 @@ def submit(
     defines: dict[str, Any],
     job_args: list[str],
     wait: bool,
+    restore_from: str | None = None,
 ) -> int:
-    """Print the new job's id; with `wait`, then its final status (0 only if it finished)."""
+    """Print the new job's id; with `wait`, then its final status (0 only if it finished).
+    `restore_from`: a savepoint or retained checkpoint the job starts from."""
     try:
         artifact, data = artifacts.pack(target, entry, job_args)
         Configuration.load(overrides=defines, environ={})  # reject a bad key before uploading
-        answer = _client_call(config, lambda c: c.submit(artifact, data, parallelism, defines))
+        url = None if restore_from is None else absolute_url(restore_from)
+        answer = _client_call(
+            config, lambda c: c.submit(artifact, data, parallelism, defines, url)
+        )
     except (JobLoadError, ClusterError, ValueError) as e:
         return _fail(str(e))
     print(answer["id"], flush=True)
@@ -197,4 +209,41 @@ def cancel(config: Configuration, job_id: str) -> int:
     except ClusterError as e:
         return _fail(str(e))
     print(f"{job['id']} {job['status']}")
+    return 0
+
+
+def absolute_url(url: str) -> str:
+    """`url` itself if it has a protocol (`s3://...`), else the local path made absolute."""
+    return url if "://" in url else "file://" + os.path.abspath(url)
+
+
+def savepoint(config: Configuration, job_id: str, url: str | None, format: str) -> int:
+    """Take a savepoint of a running job; print its directory once it completed."""
+    target = None if url is None else absolute_url(url)
+    try:
+        record = _client_call(config, lambda c: c.savepoint(job_id, target, format))
+    except ClusterError as e:
+        return _fail(str(e))
+    print(record["path"])
+    return 0
+
+
+def stop(config: Configuration, job_id: str, url: str | None, format: str) -> int:
+    """Stop a running job with a savepoint as its final checkpoint; print its directory."""
+    target = None if url is None else absolute_url(url)
+    try:
+        record = _client_call(config, lambda c: c.stop(job_id, target, format))
+    except ClusterError as e:
+        return _fail(str(e))
+    print(record["path"])
+    return 0
+
+
+def dispose_savepoint(config: Configuration, url: str) -> int:
+    """Delete a savepoint (what its state backends share with it first); print what went."""
+    try:
+        directory = dispose(absolute_url(url), config)
+    except (StreamletError, StateError, OSError) as e:
+        return _fail(str(e))
+    print(f"disposed of {directory}")
     return 0

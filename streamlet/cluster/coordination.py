@@ -2,11 +2,13 @@
 
 The deployment that runs slot 0 leads: it runs the job's `CheckpointCoordinator`, in which every
 subtask of the other deployments (followers) stands as a `RemoteSubtask` proxy. Each follower
-opens one control connection to the leader's exchange server; over it the leader asks remote
-sources to take checkpoint n (and, at the end, to release), tells remote subtasks that a
-checkpoint completed or which checkpoints' state to release, and the followers acknowledge
-checkpoints with their subtasks' state, report finished sources, and say when all their subtasks
-have ended. Barriers themselves flow with the data through the exchange channels.
+opens one control connection to the leader's exchange server; over it the leader says what every
+deployment restores (the URL of a checkpoint or savepoint, or nothing), asks remote sources to
+take checkpoint n (a savepoint: with its target) and, at the end, to release (or, after a final
+savepoint that failed, to resume), tells remote subtasks that a checkpoint completed or which
+checkpoints' state to release, and the followers acknowledge checkpoints with their subtasks'
+state (or decline a savepoint, with the reason), report finished sources, and say when all their
+subtasks have ended. Barriers themselves flow with the data through the exchange channels.
 
 A control connection that breaks early fails the job's deployment on both sides with `PeerLost`.
 """
@@ -23,6 +25,7 @@ from streamlet.cluster.exchange import (
     read_message,
     write_message,
 )
+from streamlet.elements import SavepointTarget
 from streamlet.task import SourceSubtask, Subtask, SubtaskStates
 
 log = logging.getLogger("streamlet.cluster.coordination")
@@ -37,11 +40,16 @@ class RemoteSubtask:
         self.index = key[1]
         self._follower = follower
 
-    def trigger_checkpoint(self, checkpoint_id: int, final: bool) -> None:
-        self._follower.send(("trigger", self.key, checkpoint_id, final))
+    def trigger_checkpoint(
+        self, checkpoint_id: int, final: bool, savepoint: SavepointTarget | None = None
+    ) -> None:
+        self._follower.send(("trigger", self.key, checkpoint_id, final, savepoint))
 
     def release(self) -> None:
         self._follower.send(("release", self.key))
+
+    def resume(self) -> None:
+        self._follower.send(("resume", self.key))
 
     async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
         self._follower.send(("complete", self.key, checkpoint_id))
@@ -68,12 +76,12 @@ class Leader:
         execution_id: str,
         remote: dict[int, list[SubtaskKey]],
         remote_sources: set[SubtaskKey],
-        restored_id: int | None,
+        restored_url: str | None,
     ) -> None:
         """`remote`: slot -> keys of the subtasks in that slot on other task managers;
-        `restored_id`: the checkpoint every deployment restores (None: none)."""
+        `restored_url`: the checkpoint or savepoint every deployment restores (None: none)."""
         self.exchange = exchange
-        self.restored_id = restored_id
+        self.restored_url = restored_url
         self._attached = asyncio.Event()
         self.execution_id = execution_id
         self.expected = {slot for slot in remote}
@@ -113,7 +121,7 @@ class Leader:
     ) -> None:
         slots = [int(slot) for slot in hello["slots"]]
         link = _FollowerLink(writer)
-        link.send(("restore", self.restored_id))
+        link.send(("restore", self.restored_url))
         for slot in slots:
             self._links[slot] = link
             for key in self.keys.get(slot, []):
@@ -135,6 +143,9 @@ class Leader:
         if kind == "ack":
             _, key, checkpoint_id, states = message
             coordinator.acknowledge(checkpoint_id, self.proxies[key], states)  # type: ignore[arg-type]
+        elif kind == "decline":
+            _, key, checkpoint_id, reason = message
+            coordinator.decline(checkpoint_id, self.proxies[key], reason)  # type: ignore[arg-type]
         elif kind == "source_finished":
             coordinator.source_finished(self.proxies[message[1]])  # type: ignore[arg-type]
         elif kind == "done":
@@ -157,15 +168,15 @@ class Follower:
         self.keys[id(subtask)] = key
         self.subtasks[key] = subtask
 
-    async def connect(self) -> int | None:
-        """Connect to the leader; return the id of the checkpoint it restores."""
+    async def connect(self) -> str | None:
+        """Connect to the leader; return the URL of the checkpoint or savepoint it restores."""
         self._reader, self._writer = await connect(self.leader_address, self.hello, self.token)
         try:
-            kind, restored_id = await read_message(self._reader)
+            kind, restored_url = await read_message(self._reader)
         except (asyncio.IncompleteReadError, ConnectionError) as e:
             raise PeerLost(f"the job's leading task manager went away: {e!r}") from e
         assert kind == "restore"
-        return restored_id
+        return restored_url
 
     def _send(self, message: Any) -> None:
         assert self._writer is not None
@@ -173,6 +184,9 @@ class Follower:
 
     def acknowledge(self, checkpoint_id: int, subtask: Subtask, states: SubtaskStates) -> None:
         self._send(("ack", self.keys[id(subtask)], checkpoint_id, states))
+
+    def decline(self, checkpoint_id: int, subtask: Subtask, reason: str) -> None:
+        self._send(("decline", self.keys[id(subtask)], checkpoint_id, reason))
 
     def source_finished(self, subtask: SourceSubtask) -> None:
         self._send(("source_finished", self.keys[id(subtask)]))
@@ -208,9 +222,11 @@ class Follower:
         kind, key = message[0], message[1]
         subtask = self.subtasks[key]
         if kind == "trigger":
-            subtask.trigger_checkpoint(message[2], message[3])  # type: ignore[attr-defined]
+            subtask.trigger_checkpoint(*message[2:])  # type: ignore[attr-defined]
         elif kind == "release":
             subtask.release()  # type: ignore[attr-defined]
+        elif kind == "resume":
+            subtask.resume()  # type: ignore[attr-defined]
         elif kind == "complete":
             await subtask.notify_checkpoint_complete(message[2])
         elif kind == "release_checkpoints":

@@ -7,9 +7,15 @@ a failover continues exactly there): with `execute_job` when it has all the job'
 it sets the context the job's code sees: where `RuntimeContext.register_endpoint` reports to,
 and the endpoint directory `job:<name>` compaction addresses resolve against.
 
+A job submitted from a savepoint or checkpoint (`restore_from`) restores it while the job has no
+checkpoint of its own; once it has one (a later attempt), it restores its latest checkpoint.
+
 `cancel()` stops the job after a final checkpoint (the user cancelled it); `abort()` stops it at
 once, without a checkpoint (the job manager gave the job to another deployment: this one must not
-write anything more).
+write anything more). `request_savepoint()` carries out a savepoint request of the job manager
+(this deployment leads the job: it runs slot 0) through the job's `JobControl`; its outcome (the
+savepoint's directory or the error) goes up with every report. A request that stops the job ends
+it as a cancellation does (CANCELED), with the savepoint as its final checkpoint.
 """
 
 import asyncio
@@ -18,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from streamlet.checkpoint import CheckpointStorage
 from streamlet.cluster import artifacts
 from streamlet.cluster.client import JobManagerClient
 from streamlet.cluster.distributed import DistributedExecution
@@ -25,9 +32,11 @@ from streamlet.cluster.endpoints import EndpointDirectory, lookup_context
 from streamlet.cluster.exchange import ExchangeServer
 from streamlet.cluster.model import Artifact, DeploymentStatus
 from streamlet.config import Configuration
+from streamlet.errors import SavepointError
 from streamlet.executor import execute_job
 from streamlet.functions import endpoint_registry
 from streamlet.metrics import JobMetrics
+from streamlet.savepoints import JobControl
 
 log = logging.getLogger("streamlet.cluster.deployment")
 
@@ -49,6 +58,7 @@ class Deployment:
         self.slot_addresses: list[str] = descriptor["slot_addresses"]
         self.config: dict[str, Any] = descriptor["config"]
         self.artifact = Artifact(**descriptor["artifact"])
+        self.restore_from: str | None = descriptor.get("restore_from")
         self.client = client
         self.workdir = workdir
         self.directory = directory
@@ -57,16 +67,40 @@ class Deployment:
         self.error: str | None = None
         self.endpoints: list[str] = []
         self.metrics = JobMetrics()
-        self._stop = asyncio.Event()
+        self.control = JobControl()
+        self.savepoints: dict[str, dict[str, str] | None] = {}  # request id -> outcome
         self._cancelled = False
         self._task: asyncio.Task[None] | None = None
+        self._requests: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"deployment {self.id}")
 
     def cancel(self) -> None:
         self._cancelled = True
-        self._stop.set()
+        self.control.stop.set()
+
+    def request_savepoint(self, request: dict[str, Any]) -> None:
+        """Take the savepoint the job manager asks for (once per request id)."""
+        request_id = request["request_id"]
+        if request_id in self.savepoints:
+            return
+        self.savepoints[request_id] = None
+        task = asyncio.create_task(self._savepoint(request), name=f"savepoint {request_id}")
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    async def _savepoint(self, request: dict[str, Any]) -> None:
+        request_id, url, format = request["request_id"], request["url"], request["format"]
+        try:
+            if request["stop"]:
+                path = await self.control.stop_with_savepoint(url, format, name=request_id)
+            else:
+                path = await self.control.savepoint(url, format, name=request_id)
+        except SavepointError as e:
+            self.savepoints[request_id] = {"error": str(e)}
+            return
+        self.savepoints[request_id] = {"path": path}
 
     def abort(self) -> None:
         if self._task is not None and not self._task.done():
@@ -82,11 +116,17 @@ class Deployment:
             lookup_context.set(self.directory)  # also seen by module-level code (to_thread)
             job = await asyncio.to_thread(artifacts.load, self.artifact, data, self.workdir)
             config = Configuration(self.config)
+            restore_from = await asyncio.to_thread(self._restore_from, job.name, config)
             self.status = DeploymentStatus.RUNNING
             log.info("deployment %s of job %s (%s) running", self.id, self.job_id, self.name)
             if len(self.slots) == self.parallelism:
                 await execute_job(
-                    job, config, parallelism=self.parallelism, stop=self._stop, metrics=self.metrics
+                    job,
+                    config,
+                    parallelism=self.parallelism,
+                    metrics=self.metrics,
+                    restore_from=restore_from,
+                    control=self.control,
                 )
             else:
                 await DistributedExecution(
@@ -94,16 +134,16 @@ class Deployment:
                     config,
                     self.parallelism,
                     self.metrics,
-                    self._stop,
+                    self.control,
                     execution_id=self.id,
                     slot_addresses=self.slot_addresses,
                     local_slots=set(self.slots),
                     exchange=self.exchange,
                     token=self.exchange.token,
+                    restore_from=restore_from,
                 ).run()
-            self.status = (
-                DeploymentStatus.CANCELED if self._cancelled else DeploymentStatus.FINISHED
-            )
+            stopped = self._cancelled or self.control.final_savepoint is not None
+            self.status = DeploymentStatus.CANCELED if stopped else DeploymentStatus.FINISHED
         except asyncio.CancelledError:
             self.status = DeploymentStatus.CANCELED
         except Exception as e:
@@ -111,9 +151,19 @@ class Deployment:
             self.status = DeploymentStatus.FAILED
             self.error = f"{type(e).__name__}: {e}"
         finally:
+            self.control.end()
             self.endpoints.clear()
             await asyncio.to_thread(shutil.rmtree, self.workdir, True)
         log.info("deployment %s of job %s (%s) %s", self.id, self.job_id, self.name, self.status)
+
+    def _restore_from(self, job_name: str, config: Configuration) -> str | None:
+        """What the job was submitted from, while it has no complete checkpoint of its own."""
+        if self.restore_from is None:
+            return None
+        storage = CheckpointStorage(
+            config.get("checkpoint.dir"), job_name, config.get("dfs.storage-options")
+        )
+        return self.restore_from if storage.latest() is None else None
 
     def metrics_snapshot(self) -> dict[str, Any]:
         local, remote = self.metrics.compactions()
@@ -137,4 +187,5 @@ class Deployment:
             "error": self.error,
             "metrics": self.metrics_snapshot(),
             "endpoints": list(self.endpoints),
+            "savepoints": {key: value for key, value in self.savepoints.items() if value},
         }

@@ -4,9 +4,11 @@ Slot i holds subtask i of every operator chain (chains with a smaller parallelis
 slots out); the job manager assigns slots to task managers, and each task manager runs a
 `DistributedExecution` over its slots. Pairs of subtasks in the same process talk through local
 channels, others through the exchange's TCP channels. The deployment with slot 0 leads: it picks
-the checkpoint every deployment restores, and it runs the checkpoint coordinator for all of
-them (`coordination`). A lost peer fails the deployment; the job manager then restarts the whole
-job from its latest checkpoint (a distributed job does not restart within a deployment).
+the checkpoint or savepoint every deployment restores (the followers read the metadata at the
+URL it names, which may be a savepoint's, rescaled or not), and it runs the checkpoint
+coordinator for all of them (`coordination`), so it also takes the job's savepoints. A lost peer
+fails the deployment; the job manager then restarts the whole job from its latest checkpoint (a
+distributed job does not restart within a deployment).
 """
 
 import asyncio
@@ -14,7 +16,7 @@ from typing import Any
 
 from streamlet.api import Job
 from streamlet.channels import Channel, ChannelSink
-from streamlet.checkpoint import CheckpointCoordinator, CheckpointStorage
+from streamlet.checkpoint import CheckpointCoordinator, CheckpointStorage, read_metadata
 from streamlet.cluster.coordination import Follower, Leader, SubtaskKey
 from streamlet.cluster.exchange import (
     CONNECT_TIMEOUT_S,
@@ -24,10 +26,10 @@ from streamlet.cluster.exchange import (
     RemoteOutputChannel,
 )
 from streamlet.config import Configuration
-from streamlet.errors import CheckpointError
 from streamlet.executor import Execution
 from streamlet.graph import NodeKind
 from streamlet.metrics import JobMetrics
+from streamlet.savepoints import JobControl
 from streamlet.task import CheckpointListener, SourceSubtask, Subtask
 
 
@@ -38,15 +40,16 @@ class DistributedExecution(Execution):
         config: Configuration,
         parallelism: int,
         metrics: JobMetrics,
-        stop: asyncio.Event,
+        control: JobControl,
         *,
         execution_id: str,
         slot_addresses: list[str],
         local_slots: set[int],
         exchange: ExchangeServer,
         token: str,
+        restore_from: str | None = None,
     ) -> None:
-        super().__init__(job, config, parallelism, metrics, stop)
+        super().__init__(job, config, parallelism, metrics, control, restore_from=restore_from)
         self.execution_id = execution_id
         self.slot_addresses = slot_addresses
         self.local_slots = local_slots
@@ -70,14 +73,15 @@ class DistributedExecution(Execution):
 
     async def restore_point(self, storage: CheckpointStorage) -> dict[str, Any] | None:
         if self.follower is not None:
-            restored_id = await self.follower.connect()
-            if restored_id is None:
+            restored_url = await self.follower.connect()
+            if restored_url is None:
                 return None
-            metadata = await asyncio.to_thread(storage.read, restored_id)
-            if metadata is None:
-                raise CheckpointError(f"checkpoint {restored_id} the leader restores is gone")
-            return metadata
+            options = self.config.get("dfs.storage-options")
+            return await asyncio.to_thread(read_metadata, restored_url, options)
         latest = await super().restore_point(storage)
+        restored_url = None
+        if latest is not None:
+            restored_url = self.restore_from or storage.url_of(latest["checkpoint_id"])
         remote: dict[int, list[SubtaskKey]] = {}
         for key in self._keys(local=False):
             remote.setdefault(key[1], []).append(key)
@@ -91,7 +95,7 @@ class DistributedExecution(Execution):
             self.execution_id,
             remote,
             sources,
-            None if latest is None else latest["checkpoint_id"],
+            restored_url,
         )
         return latest
 

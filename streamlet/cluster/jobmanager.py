@@ -6,14 +6,22 @@ the HA store before the REST call or heartbeat that caused it is answered.
 
 - Submit: the module is loaded (a broken one is rejected with its error), the configuration is
   validated, the job's checkpoint and state directories default to `<cluster.dir>/jobs/<id>/`.
+  A job submitted from a savepoint or checkpoint (`restore_from`) is checked against it as a run
+  would be (the path, its metadata, the operators and their state, the parallelism): bad input is
+  rejected before anything is written.
+- Savepoints: `savepoint(job, url, format, stop)` waits for a request the job's leading task
+  manager carries out (`savepoint_requests`); a stop with a savepoint leaves the job RUNNING until
+  its deployments end (CANCELED), and one that fails leaves it running.
 - Scheduling: a waiting job is deployed to the slots `scheduler.place` picks among the task
   managers that sent a heartbeat lately; they learn it from their next heartbeat's answers.
 - Heartbeats carry each deployment's status, metrics, latest checkpoint and endpoints; answers
   carry deployments to start, to cancel (after a final checkpoint: the job was cancelled), to
   abort (at once: a stale attempt, the job runs elsewhere now) and to forget.
 - Failover: a task manager silent for `cluster.heartbeat.timeout` is dropped and its jobs get a new
-  deployment elsewhere, which restores their latest checkpoint. A job's metrics add up its
-  attempts: a new attempt's counters start at zero and are added to the earlier ones' totals.
+  deployment elsewhere, which restores their latest checkpoint (or the job's `restore_from` while
+  it has none). A job's metrics add up its attempts: a new attempt's counters start at zero and
+  are added to the earlier ones' totals. A job whose stop savepoint completed is not restarted:
+  it is CANCELED.
 - Recovery: a restarted job manager reloads the jobs from the HA store; a job's task manager
   re-registers with the deployments it still runs, which are adopted; a job whose task manager
   does not come back within the heartbeat timeout is redeployed from its latest checkpoint.
@@ -27,7 +35,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streamlet.checkpoint import CheckpointStorage
+from statebackend import StateError
+from streamlet.checkpoint import CheckpointStorage, read_metadata, restored_states
 from streamlet.cluster import artifacts, scheduler
 from streamlet.cluster.ha import HaStore
 from streamlet.cluster.model import (
@@ -37,8 +46,10 @@ from streamlet.cluster.model import (
     JobStatus,
     TaskManagerInfo,
 )
+from streamlet.cluster.savepoint_requests import SavepointRequests
 from streamlet.config import ConfigError, Configuration
 from streamlet.errors import StreamletError
+from streamlet.executor import plan_job, plan_operators
 
 log = logging.getLogger("streamlet.cluster.jobmanager")
 ACTIVE = (JobStatus.DEPLOYING, JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.RECOVERING)
@@ -55,6 +66,10 @@ class UnknownJob(KeyError):
     pass
 
 
+class JobNotRunning(ValueError):
+    """A request that needs a running job (a savepoint, a stop) for one that is not."""
+
+
 class JobManager:
     def __init__(self, config: Configuration, ha: HaStore) -> None:
         self.config = config
@@ -69,6 +84,7 @@ class JobManager:
         # per job: the latest metrics and endpoints of each deployment of its current attempt
         self._deployment_metrics: dict[str, dict[str, dict[str, Any]]] = {}
         self._deployment_endpoints: dict[str, dict[str, list[str]]] = {}
+        self.savepoint_requests = SavepointRequests()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -116,6 +132,7 @@ class JobManager:
         data: bytes | None,
         parallelism: int | None,
         overrides: dict[str, Any],
+        restore_from: str | None = None,
     ) -> JobRecord:
         job_id = uuid.uuid4().hex[:16]
         config = {key: self.config.get(key) for key in INHERITED_KEYS}
@@ -133,8 +150,10 @@ class JobManager:
         except ConfigError as e:
             raise SubmissionError(str(e)) from e
         parallelism = parallelism or parsed.get("parallelism.default")
-        name = await asyncio.to_thread(self._validate, artifact, data, parallelism)
-        record = JobRecord(job_id, name, artifact, parallelism, config)
+        name = await asyncio.to_thread(
+            self._validate, artifact, data, parallelism, parsed, restore_from
+        )
+        record = JobRecord(job_id, name, artifact, parallelism, config, restore_from=restore_from)
         if data is not None:
             await asyncio.to_thread(self.ha.write_file, job_id, artifact.file_name, data)
         self.jobs[job_id] = record
@@ -144,12 +163,29 @@ class JobManager:
         return record
 
     @staticmethod
-    def _validate(artifact: Artifact, data: bytes | None, parallelism: int) -> str:
+    def _validate(
+        artifact: Artifact,
+        data: bytes | None,
+        parallelism: int,
+        config: Configuration,
+        restore_from: str | None,
+    ) -> str:
+        """The job's name, once it loads and plans, and restores `restore_from` (as a run would
+        check it before it starts); `SubmissionError` says what is wrong."""
         with tempfile.TemporaryDirectory(prefix="streamlet-submit-") as workdir:
             try:
                 job = artifacts.load(artifact, data, Path(workdir))
-                job.graph.plan(parallelism)
-            except StreamletError as e:
+                max_parallelism = config.get("parallelism.max")
+                plan = plan_job(job, parallelism, max_parallelism)
+                if restore_from is not None:
+                    restored_states(
+                        read_metadata(restore_from, config.get("dfs.storage-options")),
+                        plan_operators(plan),
+                        max_parallelism,
+                        config.get("state.backend"),
+                        config.get("checkpoint.allow-non-restored-state"),
+                    )
+            except (StreamletError, StateError) as e:
                 raise SubmissionError(str(e).replace(f"{workdir}/", "")) from e
         return job.name
 
@@ -190,6 +226,30 @@ class JobManager:
             if latest is None
             else {"checkpoint_id": latest["checkpoint_id"], "timestamp_ms": latest["timestamp_ms"]},
         }
+
+    async def savepoint(
+        self, job_id: str, url: str | None, format: str, stop: bool
+    ) -> dict[str, Any]:
+        """Take a savepoint of the running job (and with `stop`, end the job with it); the
+        savepoint's record once it completed. `JobNotRunning` for a job that is not running,
+        `SavepointFailed` with the reason for a savepoint that failed."""
+        job = self.job(job_id)
+        if job.status is not JobStatus.RUNNING:
+            raise JobNotRunning(
+                f"job {job_id} is {job.status}: only a running job takes savepoints"
+            )
+        if stop and self.savepoint_requests.stopping(job_id):
+            raise JobNotRunning(f"job {job_id} is already stopping with a savepoint")
+        request = self.savepoint_requests.add(job_id, url, format, stop)
+        log.info(
+            "job %s (%s): %s %s savepoint %s",
+            job.id,
+            job.name,
+            "stop with a" if stop else "take a",
+            format,
+            url or "in the default directory",
+        )
+        return await request.result
 
     def endpoints_of(self, name: str) -> list[str]:
         """Endpoints of the running jobs named `name` (several jobs may serve one name)."""
@@ -261,19 +321,27 @@ class JobManager:
         for job in self.jobs.values():
             if job.status is JobStatus.RUNNING and job.endpoints:
                 directory.setdefault(job.name, []).extend(job.endpoints)
+        savepoints = [
+            request.message(job.deployment_id)
+            for job in self.jobs.values()
+            if job.placement and job.placement[0] == tm_id
+            for request in self.savepoint_requests.of(job.id)
+        ]
         return {
             "deploy": deploy,
             "cancel": cancel,
             "abort": abort,
             "release": release,
             "endpoints": directory,
+            "savepoints": savepoints,
         }
 
     async def _update(
         self, job: JobRecord, tm_id: str, status: DeploymentStatus, report: dict
     ) -> None:
         """Apply a report about one deployment of the job's current attempt."""
-        before = (job.status, job.latest_checkpoint, tuple(job.endpoints))
+        before = (job.status, job.latest_checkpoint, tuple(job.endpoints), len(job.savepoints))
+        self.savepoint_requests.report(job, report.get("savepoints"))
         job.reported[tm_id] = str(status)
         self._deployment_metrics.setdefault(job.id, {})[tm_id] = report.get("metrics", {})
         self._deployment_endpoints.setdefault(job.id, {})[tm_id] = report.get("endpoints", [])
@@ -292,12 +360,14 @@ class JobManager:
                 job.status = JobStatus.CANCELED
             else:
                 job.status = JobStatus.FINISHED
+            await self.savepoint_requests.settle(job, f"the job ended ({job.status}) first")
             log.info("job %s (%s) %s", job.id, job.name, job.status)
         elif job.status in (JobStatus.DEPLOYING, JobStatus.RECOVERING) and all(
             s is DeploymentStatus.RUNNING or s.terminal for s in statuses
         ):
             job.status = JobStatus.RUNNING
-        if (job.status, job.latest_checkpoint, tuple(job.endpoints)) != before:
+        after = (job.status, job.latest_checkpoint, tuple(job.endpoints), len(job.savepoints))
+        if after != before:
             await self._save(job)
 
     async def _on_failure(self, job: JobRecord, error: str) -> None:
@@ -313,6 +383,7 @@ class JobManager:
             return
         job.status, job.error = JobStatus.FAILED, error
         job.placement, job.endpoints = [], []
+        await self.savepoint_requests.settle(job, f"the job failed first: {error}")
         log.info("job %s (%s) FAILED: %s", job.id, job.name, error)
 
     def _descriptor(self, job: JobRecord, tm_id: str) -> dict[str, Any]:
@@ -330,12 +401,16 @@ class JobManager:
             "slot_addresses": addresses,
             "config": job.config,
             "artifact": dict(vars(job.artifact)),
+            "restore_from": job.restore_from,
         }
 
     # -- internals ---------------------------------------------------------------------------
 
     async def _fail_over(self, job: JobRecord, reason: str) -> None:
-        if job.status is JobStatus.CANCELLING:
+        stopped = await self.savepoint_requests.settle(
+            job, f"the job failed over before the savepoint completed ({reason})"
+        )
+        if job.status is JobStatus.CANCELLING or stopped:
             job.status = JobStatus.CANCELED
         else:
             log.warning(

@@ -4,7 +4,9 @@ A job is submitted once and deployed one or more times. Attempt n (deployment id
 places the job's `parallelism` slots on task managers (`placement[i]` runs slot i: subtask i of
 every operator); each task manager in the placement runs one deployment of the attempt over its
 slots. When a task manager is lost, the job gets a new attempt that restores its latest
-checkpoint.
+checkpoint. A job submitted with `restore_from` (a savepoint or retained checkpoint) starts from
+it until it completed a checkpoint of its own. A job record lists the savepoints taken of the
+job, newest first (`savepoints`: path, format, time, and whether it stopped the job).
 """
 
 import enum
@@ -79,6 +81,8 @@ class JobRecord:
     endpoints: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)  # of all attempts (counters add up)
     previous_metrics: dict[str, Any] = field(default_factory=dict)  # of the attempts before
+    restore_from: str | None = None  # the savepoint or checkpoint the job was submitted from
+    savepoints: list[dict[str, Any]] = field(default_factory=list)  # newest first
 
     @property
     def deployment_id(self) -> str:

@@ -25,8 +25,9 @@ DOCUMENT: dict[str, Any] = {
     "info": {
         "title": "streamlet job manager",
         "version": "1",
-        "description": "Submit, list, inspect and cancel jobs; task managers register and send "
-        "heartbeats here. Every call needs `Authorization: Bearer <cluster.token>`.",
+        "description": "Submit, list, inspect, savepoint, stop and cancel jobs; task managers "
+        "register and send heartbeats here. Every call needs "
+        "`Authorization: Bearer <cluster.token>`.",
     },
     "security": [{"token": []}],
     "paths": {
@@ -74,6 +75,52 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "202": _json(_ref("JobSummary"), "cancelling"),
                     **NOT_FOUND,
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/v1/jobs/{job_id}/savepoints": {
+            "get": {
+                "summary": "The savepoints taken of the job (HA metadata), newest first",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "200": _json(_ref("Savepoints"), "the job's savepoints"),
+                    **NOT_FOUND,
+                    **ERRORS,
+                },
+            },
+            "post": {
+                "summary": "Take a savepoint of the running job; answers once it completed",
+                "parameters": [JOB_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("SavepointRequest")}},
+                },
+                "responses": {
+                    "201": _json(_ref("Savepoint"), "the savepoint, complete"),
+                    "400": _json(_ref("Error"), "a bad url or format"),
+                    **NOT_FOUND,
+                    "409": _json(_ref("Error"), "the job is not running"),
+                    "500": _json(_ref("Error"), "the savepoint failed (the job goes on); why"),
+                    **ERRORS,
+                },
+            },
+        },
+        "/api/v1/jobs/{job_id}/stop": {
+            "post": {
+                "summary": "Stop the job with a savepoint as its final checkpoint (sinks commit; "
+                "the job ends CANCELED); answers once the savepoint completed",
+                "parameters": [JOB_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("StopRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("Savepoint"), "the savepoint, complete; the job is ending"),
+                    "400": _json(_ref("Error"), "a bad savepoint_url or format"),
+                    **NOT_FOUND,
+                    "409": _json(_ref("Error"), "the job is not running, or already stopping"),
+                    "500": _json(_ref("Error"), "the savepoint failed (the job goes on); why"),
                     **ERRORS,
                 },
             }
@@ -221,6 +268,11 @@ DOCUMENT: dict[str, Any] = {
                     "data_b64": {"type": "string", "description": "the file, base64"},
                     "parallelism": {"type": "integer", "minimum": 1},
                     "config": {"type": "object", "description": "configuration keys"},
+                    "restore_from": {
+                        "type": ["string", "null"],
+                        "description": "a savepoint or retained checkpoint (its directory or "
+                        "_metadata) the job starts from, also at another parallelism",
+                    },
                 },
             },
             "JobSummary": {
@@ -267,6 +319,41 @@ DOCUMENT: dict[str, Any] = {
                     "latest": {"type": ["object", "null"]},
                 },
             },
+            "SavepointRequest": {
+                "type": "object",
+                "properties": {
+                    "url": {
+                        "type": "string",
+                        "description": "a new or empty directory (fsspec URL); default "
+                        "<checkpoint.dir>/savepoints/<job>/savepoint-<id>-<random>",
+                    },
+                    "format": {"enum": ["native", "canonical"], "default": "native"},
+                },
+            },
+            "StopRequest": {
+                "type": "object",
+                "properties": {
+                    "savepoint_url": {"type": "string", "description": "as url in a savepoint"},
+                    "format": {"enum": ["native", "canonical"], "default": "native"},
+                },
+            },
+            "Savepoint": {
+                "type": "object",
+                "properties": {
+                    "job_id": {"type": "string"},
+                    "path": {"type": "string", "description": "the savepoint's directory"},
+                    "format": {"enum": ["native", "canonical"]},
+                    "timestamp_ms": {"type": "integer"},
+                    "stop": {"type": "boolean", "description": "it stopped the job"},
+                },
+            },
+            "Savepoints": {
+                "type": "object",
+                "properties": {
+                    "job_id": {"type": "string"},
+                    "savepoints": {"type": "array", "items": _ref("Savepoint")},
+                },
+            },
             "Endpoints": {
                 "type": "object",
                 "properties": {"endpoints": {"type": "array", "items": {"type": "string"}}},
@@ -293,6 +380,10 @@ DOCUMENT: dict[str, Any] = {
                     "error": {"type": ["string", "null"]},
                     "metrics": {"type": "object"},
                     "endpoints": {"type": "array", "items": {"type": "string"}},
+                    "savepoints": {
+                        "type": "object",
+                        "description": "request id -> {path} or {error}: savepoint outcomes",
+                    },
                 },
             },
             "HeartbeatAnswer": {
@@ -303,6 +394,12 @@ DOCUMENT: dict[str, Any] = {
                     "abort": {"type": "array", "items": {"type": "string"}},
                     "release": {"type": "array", "items": {"type": "string"}},
                     "endpoints": {"type": "object", "description": "job name -> host:port list"},
+                    "savepoints": {
+                        "type": "array",
+                        "items": {"type": "object"},
+                        "description": "savepoint requests for the deployments this task manager "
+                        "leads (request_id, deployment_id, url, format, stop), until reported",
+                    },
                 },
             },
         },

@@ -2,9 +2,10 @@
 
 Handlers translate between JSON and `JobManager` calls: bad input is a 400 with
 `{"error": "..."}` (also a body nested more than `MAX_JSON_DEPTH` levels, which no call needs),
-an unknown job or task manager a 404; the token check is the `auth` middleware in front of every
-route except the dashboard's static files (`/dashboard/`), which call the API with the token the
-user gives them.
+an unknown job or task manager a 404, a savepoint or stop of a job that is not running a 409,
+a savepoint that failed a 500 that says why; the token check is the `auth` middleware in front of
+every route except the dashboard's static files (`/dashboard/`), which call the API with the
+token the user gives them.
 """
 
 import base64
@@ -15,11 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
+from statebackend.backend import SAVEPOINT_FORMATS
 from streamlet.cluster import openapi
 from streamlet.cluster.auth import token_middleware
-from streamlet.cluster.jobmanager import JobManager, SubmissionError, UnknownJob
+from streamlet.cluster.jobmanager import JobManager, JobNotRunning, SubmissionError, UnknownJob
 from streamlet.cluster.metrics import JobManagerMetrics
 from streamlet.cluster.model import Artifact, JobRecord, TaskManagerInfo
+from streamlet.cluster.savepoint_requests import SavepointFailed
 from streamlet.errors import JobLoadError
 
 MANAGER: web.AppKey[JobManager] = web.AppKey("manager", JobManager)
@@ -104,8 +107,9 @@ async def submit_job(request: web.Request) -> web.Response:
     config = body.get("config") or {}
     if not isinstance(config, dict):
         raise _error(web.HTTPBadRequest, "config must be an object of configuration keys")
+    restore_from = _optional_string(body, "restore_from")
     try:
-        record = await _manager(request).submit(artifact, data, parallelism, config)
+        record = await _manager(request).submit(artifact, data, parallelism, config, restore_from)
     except (SubmissionError, JobLoadError) as e:
         raise _error(web.HTTPBadRequest, str(e)) from None
     return web.json_response(record.summary(), status=201)
@@ -134,6 +138,50 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def job_checkpoints(request: web.Request) -> web.Response:
     job = _job_or_404(request)
     return web.json_response(await _manager(request).checkpoints(job.id))
+
+
+def _optional_string(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise _error(web.HTTPBadRequest, f"{key} must be a non-empty string (a URL)")
+    return value
+
+
+def _savepoint_format(body: dict[str, Any]) -> str:
+    format = body.get("format", "native")
+    if format not in SAVEPOINT_FORMATS:
+        raise _error(
+            web.HTTPBadRequest,
+            f"format must be {' or '.join(SAVEPOINT_FORMATS)}, not {format!r}",
+        )
+    return format
+
+
+async def _savepoint(request: web.Request, url_key: str, stop: bool) -> dict[str, Any]:
+    body = await _json_body(request) if request.can_read_body else {}
+    url, format = _optional_string(body, url_key), _savepoint_format(body)
+    job = _job_or_404(request)
+    try:
+        return await _manager(request).savepoint(job.id, url, format, stop)
+    except JobNotRunning as e:
+        raise _error(web.HTTPConflict, str(e)) from None
+    except SavepointFailed as e:
+        raise _error(web.HTTPInternalServerError, f"the savepoint failed: {e}") from None
+
+
+async def take_savepoint(request: web.Request) -> web.Response:
+    record = await _savepoint(request, "url", stop=False)
+    return web.json_response({"job_id": request.match_info["job_id"], **record}, status=201)
+
+
+async def stop_job(request: web.Request) -> web.Response:
+    record = await _savepoint(request, "savepoint_url", stop=True)
+    return web.json_response({"job_id": request.match_info["job_id"], **record})
+
+
+async def job_savepoints(request: web.Request) -> web.Response:
+    job = _job_or_404(request)
+    return web.json_response({"job_id": job.id, "savepoints": job.savepoints})
 
 
 async def job_endpoints(request: web.Request) -> web.Response:
@@ -223,7 +271,10 @@ def create_app(manager: JobManager, token: str) -> web.Application:
     app.router.add_post(f"{api}/jobs", submit_job)
     app.router.add_get(f"{api}/jobs/{{job_id}}", job_status)
     app.router.add_post(f"{api}/jobs/{{job_id}}/cancel", cancel_job)
+    app.router.add_post(f"{api}/jobs/{{job_id}}/stop", stop_job)
     app.router.add_get(f"{api}/jobs/{{job_id}}/checkpoints", job_checkpoints)
+    app.router.add_get(f"{api}/jobs/{{job_id}}/savepoints", job_savepoints)
+    app.router.add_post(f"{api}/jobs/{{job_id}}/savepoints", take_savepoint)
     app.router.add_get(f"{api}/jobs/{{job_id}}/endpoints", job_endpoints)
     app.router.add_get(f"{api}/jobs/{{job_id}}/files/{{name}}", job_file)
     app.router.add_get(f"{api}/endpoints/{{job_name}}", endpoints_by_name)

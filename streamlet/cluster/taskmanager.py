@@ -2,10 +2,11 @@
 runs the deployments the answers name in its slots.
 
 The heartbeat loop is the only conversation with the job manager: a report of every deployment
-(status, metrics, endpoints) goes up; deployments to start, to cancel, to abort and to forget, and
-the endpoint directory come back. An unknown task manager (the job manager restarted) registers
-again with the deployments it still runs, which the job manager adopts. While the job manager is
-unreachable the task manager keeps running its jobs and keeps trying.
+(status, metrics, endpoints, savepoint outcomes) goes up; deployments to start, to cancel, to
+abort and to forget, savepoints to take, and the endpoint directory come back. An unknown task
+manager (the job manager restarted) registers again with the deployments it still runs, which the
+job manager adopts. While the job manager is unreachable the task manager keeps running its jobs
+and keeps trying.
 
 It also serves `GET /metrics` (Prometheus, token required) and `GET /healthz` (no token: for
 liveness and readiness probes) on `port` (0: a free one), and the data exchange with other task
@@ -187,6 +188,10 @@ class TaskManager:
                 self.deployments[deployment.id] = deployment
                 log.info("starting deployment %s of job %s", deployment.id, deployment.name)
                 deployment.start()
+        for request in answer.get("savepoints", []):  # before a cancel of the same answer
+            deployment = self.deployments.get(request["deployment_id"])
+            if deployment is not None:
+                deployment.request_savepoint(request)
         for deployment_id in answer.get("cancel", []):
             if deployment_id in self.deployments:
                 self.deployments[deployment_id].cancel()

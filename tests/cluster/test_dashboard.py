@@ -1,6 +1,7 @@
 """The web dashboard in headless Chromium (Debian's `chromium`; `make test` installs it when it is
-missing): the rendered page shows the running job, its checkpoints, the compaction offload and
-the task managers, a wrong token shows the sign-in form, and a screenshot has the page's colours.
+missing): the rendered page shows the running job, its checkpoints and savepoints, the compaction
+offload and the task managers, a wrong token shows the sign-in form, and a screenshot has the
+page's colours.
 """
 
 import shutil
@@ -40,12 +41,14 @@ def _chromium(tmp_path: Path, url: str, *flags: str) -> str:
     return result.stdout
 
 
-def test_the_dashboard_shows_jobs_checkpoints_offload_and_task_managers(
+def test_the_dashboard_shows_jobs_checkpoints_savepoints_offload_and_task_managers(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     tm = cluster.start_taskmanager(slots=2)
     job_id = cluster.submit(ENDLESS, "-D", "checkpoint.interval=200ms")
     cluster.wait_job(job_id, lambda j: (j["latest_checkpoint"] or 0) >= 1)
+    taken = cluster.cli("savepoint", job_id, "--format", "canonical")
+    assert taken.returncode == 0, taken.stderr
     page = f"{cluster.url}/dashboard/#token={TOKEN}"
 
     dom = _chromium(tmp_path, page, "--dump-dom")
@@ -57,6 +60,9 @@ def test_the_dashboard_shows_jobs_checkpoints_offload_and_task_managers(
         "Compaction offload",
         "CPU seconds moved off the job",
         "1 running of 1 jobs",
+        "Savepoints",
+        taken.stdout.strip(),
+        "canonical",
     ):
         assert text in dom, text
     assert 'id="login" hidden' in dom

@@ -24,7 +24,7 @@ def _nested(depth: int) -> bytes:
 
 @pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 100_000], ids=["deep", "very-deep"])
 def test_json_nested_too_deeply_is_a_400_on_every_post_route(cluster: Cluster, depth: int) -> None:
-    assert len(POST_ROUTES) == 4
+    assert len(POST_ROUTES) == 6
     for route in POST_ROUTES:
         path = route.replace("{job_id}", "nope").replace("{tm_id}", "nope")
         status, answer = cluster.api("POST", path, _nested(depth))

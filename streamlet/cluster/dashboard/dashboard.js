@@ -1,6 +1,7 @@
 // The streamlet dashboard: reads the job manager's REST API with the cluster token (taken from
 // the page's #token=... fragment, which is never sent to the server, or typed into the form)
-// and redraws jobs, compaction offload, checkpoints and task managers every two seconds.
+// and redraws jobs, compaction offload, checkpoints, savepoints and task managers every two
+// seconds.
 "use strict";
 
 const REFRESH_MS = 2000;
@@ -74,6 +75,9 @@ async function refresh() {
   const checkpoints = await Promise.all(
     jobs.map((job) => api(`/api/v1/jobs/${job.id}/checkpoints`)),
   );
+  const savepoints = await Promise.all(
+    jobs.map((job) => api(`/api/v1/jobs/${job.id}/savepoints`)),
+  );
   const slots = managers.reduce((sum, m) => sum + m.slots, 0);
   const free = managers.reduce((sum, m) => sum + m.free_slots, 0);
   const running = jobs.filter((job) => job.status === "RUNNING").length;
@@ -104,6 +108,12 @@ async function refresh() {
     cell(c.latest ? new Date(c.latest.timestamp_ms).toLocaleTimeString("en-GB") : "–"),
     cell(c.checkpoint_ids.join(", ") || "–"),
   ]), "no jobs");
+
+  fill("savepoints", savepoints.flatMap((s, i) => s.savepoints.map((savepoint) => [
+    cell(jobs[i].name), cell(savepoint.path), cell(savepoint.format),
+    cell(new Date(savepoint.timestamp_ms).toLocaleTimeString("en-GB")),
+    cell(savepoint.stop ? "yes" : "no"),
+  ])), "no savepoints yet: streamlet savepoint JOB_ID");
 
   fill("taskmanagers", managers.map((m) => [
     cell(m.id), cell(m.host), number(m.slots), number(m.free_slots),

@@ -4,10 +4,16 @@ Configured by environment variables: KEYED_COUNT_OUTPUT (the sink's directory), 
 KEYED_COUNT_RATE (records per second), KEYED_COUNT_POISON (a record index whose word makes the
 counting operator raise; -1 for none) and KEYED_COUNT_HOLD_AT (records per source subtask after
 which the source holds until the run is stopped or killed: such a run cannot end by itself).
+
+Loaded as a job module, its arguments (after `--`) override some of them per job (the processes of
+a cluster share one environment): `--output DIR`, `--hold-at N`, and `--release-file PATH` (with
+`--hold-at`: the source holds only until that file exists).
 """
 
+import argparse
 import os
 import random
+import sys
 
 from statebackend import ValueStateDescriptor
 from streamlet import Job, KeyedProcessFunction
@@ -17,7 +23,12 @@ WORDS = [f"w{i}" for i in range(50)]
 RECORDS = int(os.environ.get("KEYED_COUNT_RECORDS", "20000"))
 RATE = float(os.environ.get("KEYED_COUNT_RATE", "4000"))
 POISON = int(os.environ.get("KEYED_COUNT_POISON", "-1"))
-HOLD_AT = os.environ.get("KEYED_COUNT_HOLD_AT")
+_parser = argparse.ArgumentParser(prog="keyed_count")
+_parser.add_argument("--output", default=os.environ.get("KEYED_COUNT_OUTPUT"))
+_parser.add_argument("--hold-at", default=os.environ.get("KEYED_COUNT_HOLD_AT"))
+_parser.add_argument("--release-file")
+ARGS = _parser.parse_args(sys.argv[1:] if __name__ == "__streamlet_job__" else [])
+HOLD_AT = ARGS.hold_at
 
 
 def word(index: int, rng: random.Random) -> str:
@@ -38,13 +49,15 @@ class Count(KeyedProcessFunction):
 WORDS_SOURCE = DataGeneratorSource(word, rate=RATE, count=RECORDS, seed=3)
 source: Source = WORDS_SOURCE
 if HOLD_AT is not None:  # imported only then: the cluster tests submit this file on its own
-    from tests.runtime.support import HeldSource
+    from tests.runtime.support import HeldSource, never
 
-    source = HeldSource(WORDS_SOURCE, int(HOLD_AT))
+    release_file = ARGS.release_file
+    released = never if release_file is None else lambda: os.path.exists(release_file)
+    source = HeldSource(WORDS_SOURCE, int(HOLD_AT), released)
 job = Job("keyed-count")
 (
     job.source(source, name="words")
     .key_by(lambda w: w)
     .process(Count(), name="count")
-    .sink(FileSink(os.environ.get("KEYED_COUNT_OUTPUT", "keyed-count-output")), name="files")
+    .sink(FileSink(ARGS.output or "keyed-count-output"), name="files")
 )
