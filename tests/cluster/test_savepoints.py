@@ -54,7 +54,7 @@ def keyed_count(
     )
 
 
-@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+@pytest.mark.parametrize("backend", ["memory", "rocksdb", "lsm"])
 def test_savepoint_stop_and_a_relocated_rescaled_restore_with_a_killed_task_manager(
     process_runner: ProcessRunner, tmp_path: Path, backend: str
 ) -> None:

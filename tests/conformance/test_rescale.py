@@ -3,7 +3,6 @@
 A new subtask's backend is restored from the snapshots of the old subtasks whose key groups
 overlap its own: it holds exactly their entries of its key groups, whatever the state type, the
 namespace or the TTL, also when the old snapshots numbered their states differently.
-
 """
 
 import json
@@ -37,11 +36,6 @@ from tests.conformance.conftest import ManualClock, OpenBackend, checkpoint_file
 MAX_PARALLELISM = 128
 KEYS = [f"key-{i}" for i in range(400)]
 TTL = TtlConfig(10_000)
-
-
-@pytest.fixture(params=["memory", "rocksdb", "lsm", "lsm-memfs"])
-def variant(request: pytest.FixtureRequest) -> str:
-    return request.param
 
 
 def key_group(key: Any) -> int:
@@ -258,13 +252,15 @@ def test_export_reads_a_key_range_and_leaves_nothing_behind(
     open_backend, config: BackendConfig, backend_name: str
 ) -> None:
     (handle,) = snapshots(open_backend, 1)
-    files = {path: filesystem(path, {})[0].cat_file(path) for path in checkpoint_files(handle)}
+    fs, _ = filesystem(config.checkpoint_dir, config.storage_options)
+    files = {path: fs.cat_file(path) for path in checkpoint_files(handle)}
     factory = store_factory(backend_name)
     context = StoreContext(
         scope="reader/0",
         key_group_range=KeyGroupRange.all(MAX_PARALLELISM),
         checkpoint_dir=config.checkpoint_dir,
         local_dir=config.local_dir,
+        storage_options=config.storage_options,
     )
     before = local_files(config)
     start, end = key_group_prefix(10), key_group_prefix(20)
@@ -280,7 +276,7 @@ def test_export_reads_a_key_range_and_leaves_nothing_behind(
     reader.close()
     assert local_files(config) == before
     for path, data in files.items():
-        assert filesystem(path, {})[0].cat_file(path) == data
+        assert fs.cat_file(path) == data
     # The snapshot still restores (export took nothing over).
     assert read(open_backend(restore=handle)) == expected(KEYS)
 
@@ -292,7 +288,7 @@ def test_a_store_releases_the_snapshots_of_old_subtasks(open_backend, config) ->
     # One new subtask releases each old handle (the runtime routes them).
     for handle in two:
         three[0].release(StateHandle.from_dict(handle), kept)
-    fs, _ = filesystem(config.checkpoint_dir, {})
+    fs, _ = filesystem(config.checkpoint_dir, config.storage_options)
     for handle in two:
         for path in checkpoint_files(handle):
             assert not fs.exists(path), path

@@ -4,9 +4,9 @@
   restores, also at another parallelism, whatever the state type, namespace or TTL; relocatable
   (written relative to the savepoint's directory, read from wherever it was moved); a damaged or
   missing file is refused with nothing left behind.
-- `native` (`memory`, `rocksdb`; `lsm`'s native savepoints come with its own work): the store's
-  own format in the savepoint's directory, which only it references: releasing every checkpoint
-  of the job (also those of a store restored from the savepoint) leaves it whole.
+- `native`: the store's own format in the savepoint's directory (for `lsm`, its pinned manifest;
+  the tables stay in place, pinned until the savepoint is disposed of): releasing every
+  checkpoint of the job (also those of a store restored from the savepoint) leaves it whole.
 (A backend without native savepoints, disposal and relative paths: tests/backends/
 test_savepoint_layer.py.)
 """
@@ -128,7 +128,7 @@ def test_a_damaged_or_missing_canonical_file_is_refused_leaving_nothing(
         create_backend(config, scope="bad", restore=[handle, native])
 
 
-@pytest.mark.parametrize("variant", ["memory", "rocksdb"])
+@pytest.mark.parametrize("variant", ["memory", "rocksdb", "lsm"])
 def test_a_native_savepoint_is_relocatable_and_no_release_touches_it(
     open_backend: OpenBackend, backend_name: str, tmp_path: Path
 ) -> None:

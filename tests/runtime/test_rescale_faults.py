@@ -4,6 +4,7 @@ again and run at yet another parallelism: state and FileSink output stay exactly
 timers rescaled mid-stream give what a run without a rescale gives; a Kafka source rescaled loses
 no record and counts none twice. Bad input to `-s` is a one-line error before anything runs."""
 
+import json
 import re
 import time
 import uuid
@@ -20,10 +21,14 @@ from tests.support.kafka_broker import KafkaBroker
 from tests.support.processes import ManagedProcess, ProcessRunner
 
 WINDOWED_JOB = Path(windowed_count.__file__)
+LSM_OPTIONS = {"lsm.memtable_bytes": 16 << 10, "lsm.l0_compaction_trigger": 2}
 
 
 def settings(tmp_path: Path, backend: str = "memory") -> dict[str, str]:
+    # lsm with small memtables, so that it flushes and compacts while it runs and rescales.
+    options = {"state.options": json.dumps(LSM_OPTIONS)} if backend == "lsm" else {}
     return {
+        **options,
         "state.backend": backend,
         "state.dir": (tmp_path / "state").as_uri(),
         "state.local-dir": str(tmp_path / "local"),
@@ -69,7 +74,7 @@ def assert_exact_counts(output: Path) -> None:
     }
 
 
-@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+@pytest.mark.parametrize("backend", ["memory", "rocksdb", "lsm"])
 def test_rescale_2_to_3_to_1_with_sigkill_before_and_after(
     process_runner: ProcessRunner, tmp_path: Path, backend: str
 ) -> None:
@@ -78,7 +83,7 @@ def test_rescale_2_to_3_to_1_with_sigkill_before_and_after(
     output = tmp_path / "out"
     env = {"KEYED_COUNT_OUTPUT": str(output), "KEYED_COUNT_RECORDS": str(RECORDS)}
     # memory: 2 -> 3 from the checkpoint's directory with -s, 3 -> 1 from the latest checkpoint;
-    # rocksdb: 2 -> 3 from the latest checkpoint, 3 -> 1 from the checkpoint's _metadata with -s.
+    # rocksdb, lsm: 2 -> 3 from the latest checkpoint, 3 -> 1 from its _metadata with -s.
     first = start(process_runner, JOB, 2, defines, [], {**env, "KEYED_COUNT_HOLD_AT": "3000"})
     kill_after_checkpoints(first, storage, 3)
     restored = latest(storage)
