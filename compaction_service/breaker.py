@@ -28,8 +28,11 @@ class CircuitBreaker:
         max_backoff_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if failure_threshold < 1 or backoff_s <= 0:
-            raise ValueError("failure_threshold must be >= 1 and backoff_s > 0")
+        if failure_threshold < 1 or backoff_s <= 0 or max_backoff_s < backoff_s:
+            raise ValueError(
+                "a circuit breaker needs failure_threshold >= 1, backoff_s > 0 and "
+                f"max_backoff_s >= backoff_s, got {failure_threshold}, {backoff_s}, {max_backoff_s}"
+            )
         self.failure_threshold = failure_threshold
         self.base_backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s

@@ -9,6 +9,8 @@ Invariants:
   (`files.service_run_prefix`), so deleting by that prefix never touches another run's files.
   The deletion confines the spec to the allowed roots first (`RootGuard.confine`): it never
   lists or deletes outside them.
+- `waits` records, for every task a worker starts, how long it waited since it was admitted
+  (event-loop time); a task dropped from its queue (cancelled) is not recorded.
 """
 
 import asyncio
@@ -54,6 +56,30 @@ class Totals:
     cpu_seconds: float = 0.0
 
 
+# Upper bounds (seconds) of the buckets of the wait before a task starts.
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class WaitHistogram:
+    """How long tasks waited for a worker: counts per bucket (`WAIT_BUCKETS`, then above the
+    last), their sum and their number, as a Prometheus histogram reports them."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(WAIT_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, bound in enumerate(WAIT_BUCKETS) if seconds <= bound), -1)
+        self.counts[index] += 1
+        self.sum += seconds
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative counts by upper bound, the last `+Inf` (the number of waits)."""
+        bounds = [*map(str, WAIT_BUCKETS), "+Inf"]
+        counts = list(self.counts)
+        return [(bound, sum(counts[: i + 1])) for i, bound in enumerate(bounds)]
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -66,6 +92,7 @@ class Dispatcher:
         self.scheduler = scheduler
         self._guard = guard
         self.totals = Totals()
+        self.waits = WaitHistogram()
         self._storage_options = dict(storage_options)
         self._futures: dict[Task, asyncio.Future[CompactionResult]] = {}
         self._wake = [asyncio.Event() for _ in pool.workers]
@@ -94,6 +121,7 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         futures = []
         for task in tasks:
+            task.queued_at = loop.time()
             future: asyncio.Future[CompactionResult] = loop.create_future()
             self._futures[task] = future
             futures.append(future)
@@ -143,6 +171,7 @@ class Dispatcher:
             self._wake[worker].clear()
             while (task := self.scheduler.next_task(worker)) is not None:
                 task.started_at = loop.time()
+                self.waits.observe(task.started_at - (task.queued_at or task.started_at))
                 try:
                     result = await self.pool.run(worker, task.task_id, task.spec)
                 except (WorkerLost, TaskFailed) as e:

@@ -45,6 +45,7 @@ class Task:
     spec: CompactionSpec
     cost: int  # input bytes (estimated for a subcompaction)
     seq: int = field(default=0)  # arrival order, set by `admit`
+    queued_at: float | None = None  # event-loop time it was admitted, set by the dispatcher
     started_at: float | None = None  # event-loop time its worker started it, set by the dispatcher
 
     @property
@@ -137,7 +138,18 @@ class Scheduler:
 
     @property
     def queued(self) -> int:
+        """Tasks waiting for a worker."""
         return sum(map(len, self.queues))
+
+    @property
+    def queued_bytes(self) -> int:
+        """Input bytes of the tasks waiting for a worker."""
+        return sum(task.cost for queue in self.queues for task in queue)
+
+    @property
+    def busy(self) -> int:
+        """Workers running a task."""
+        return sum(task is not None for task in self.running)
 
     def admit(self, tasks: Sequence[Task]) -> list[int]:
         """Queue all `tasks` (or none: QueueFull); returns the worker each was placed on."""

@@ -9,27 +9,50 @@ warning (once per process) suggesting the closest variable, unless the project u
 (`NON_KEY_ENV_VARS`). `compaction.mode: remote` without `compaction.service.address` is an
 error. `docs/configuration.md` lists the same keys (a test keeps the two in step).
 
+The keys that reach the state backend as its options (the lsm options `lsm.<field>`, generated
+from the LSM's option dataclasses, and the compaction client's `compaction.client.*`) live in
+`streamlet.backend_keys`; their values are parsed once, here. `state.options` may still give them
+under their backend names (an error if a key is given both ways); its other entries go to the
+backend as they are. Nothing here registers compaction modes or resolves addresses: the runtime
+does that where it assembles a program (`streamlet.compaction`).
+
 >>> config = Configuration.load(overrides={"checkpoint.interval": "2s"}, environ={})
 >>> config.get("checkpoint.interval"), config.get("state.backend")
 (2000, 'memory')
 """
 
 import difflib
-import json
 import logging
 import os
-import re
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from statebackend import BackendConfig
+from statebackend.lsm.backend import parse_options
+from streamlet.backend_keys import (
+    CLIENT_KEYS,
+    LSM_KEYS,
+    ROUTES,
+    backend_value,
+    key_of_state_option,
+    key_value,
+)
+from streamlet.config_types import (
+    ENV_PREFIX,
+    ConfigError,
+    ConfigOption,
+    parse_bool,
+    parse_count,
+    parse_duration,
+    parse_mapping,
+    parse_positive,
+    parse_positive_duration,
+)
 
-ENV_PREFIX = "STREAMLET_"
 # `STREAMLET_*` variables that are not configuration keys but are used on purpose: the settings of
 # the Kubernetes example's scripts (k8s/scripts/*.sh), which export them to `streamlet` commands.
 NON_KEY_ENV_VARS = frozenset({"STREAMLET_JOBMANAGER", "STREAMLET_TOKEN", "STREAMLET_PORT"})
@@ -42,101 +65,13 @@ FLAGS = {
 log = logging.getLogger("streamlet.config")
 
 
-class ConfigError(ValueError):
-    """A configuration key is unknown or its value is invalid."""
-
-
-def parse_duration_ms(value: Any) -> int:
-    """Milliseconds from an int (ms) or a string such as `500ms`, `10s`, `2min`, `1h`."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        return int(value)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h)?\s*", str(value))
-    if match is None:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 10s, 2min, 1h)")
-    number, unit = float(match.group(1)), match.group(2) or "ms"
-    return int(number * {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}[unit])
-
-
-def _parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def _parse_mapping(value: Any) -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        return dict(value)
-    parsed = json.loads(str(value))
-    if not isinstance(parsed, dict):
-        raise ValueError(f"not a mapping: {value!r}")
-    return parsed
-
-
-def _parse_count(value: Any) -> int:
-    """A non-negative integer."""
-    if isinstance(value, bool):
-        raise ValueError(f"not an integer: {value!r}")
-    number = int(value)
-    if number < 0:
-        raise ValueError(f"must not be negative, got {number}")
-    return number
-
-
-def _parse_positive(value: Any) -> int:
-    number = _parse_count(value)
-    if number == 0:
-        raise ValueError("must be at least 1")
-    return number
-
-
-def _parse_duration(value: Any) -> int:
-    ms = parse_duration_ms(value)
-    if ms < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
-    return ms
-
-
-def _parse_positive_duration(value: Any) -> int:
-    ms = _parse_duration(value)
-    if ms == 0:
-        raise ValueError("must be longer than 0 ms")
-    return ms
-
-
-@dataclass(frozen=True)
-class ConfigOption:
-    key: str
-    type_name: str
-    default: Any
-    doc: str
-    parse: Callable[[Any], Any]
-    choices: tuple[str, ...] = ()
-
-    def convert(self, value: Any) -> Any:
-        result = self.parse(value)
-        if self.choices and result not in self.choices:
-            raise ValueError(f"{result!r} is not one of {', '.join(self.choices)}")
-        return result
-
-    @property
-    def env_var(self) -> str:
-        return ENV_PREFIX + re.sub(r"[.\-]", "_", self.key).upper()
-
-
 def _default_dir(name: str) -> str:
     return (Path.cwd() / ".streamlet" / name).as_uri()
 
 
 OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption(
-        "parallelism.default", "int", 1, "Parallelism of operators that set none.", _parse_positive
+        "parallelism.default", "int", 1, "Parallelism of operators that set none.", parse_positive
     ),
     ConfigOption(
         "parallelism.max",
@@ -144,7 +79,7 @@ OPTIONS: tuple[ConfigOption, ...] = (
         128,
         "Maximum parallelism: the number of key groups keyed state is split into. Fixed for the "
         "life of a job's checkpoints.",
-        _parse_positive,
+        parse_positive,
     ),
     ConfigOption(
         "state.backend",
@@ -185,14 +120,14 @@ OPTIONS: tuple[ConfigOption, ...] = (
         10_000,
         "Time between periodic checkpoints (500ms, 10s, 2min...); 0 turns periodic checkpoints "
         "off (a final checkpoint is still taken when the job ends or is stopped).",
-        _parse_duration,
+        parse_duration,
     ),
     ConfigOption(
         "checkpoint.retained",
         "int",
         3,
         "How many completed checkpoints to keep; older ones are deleted.",
-        _parse_positive,
+        parse_positive,
     ),
     ConfigOption(
         "checkpoint.restore",
@@ -201,7 +136,7 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "Restore the latest completed checkpoint of the job (if any) when it starts, at the "
         "parallelism the job has now; `streamlet run -s URL` (and `streamlet submit -s URL`) "
         "restores the checkpoint or savepoint at URL instead.",
-        _parse_bool,
+        parse_bool,
     ),
     ConfigOption(
         "checkpoint.allow-non-restored-state",
@@ -209,7 +144,7 @@ OPTIONS: tuple[ConfigOption, ...] = (
         False,
         "Start from a checkpoint or savepoint that holds state of operators the job no longer has "
         "(matched by uid), leaving that state out; otherwise that is an error.",
-        _parse_bool,
+        parse_bool,
     ),
     ConfigOption(
         "dfs.storage-options",
@@ -217,7 +152,7 @@ OPTIONS: tuple[ConfigOption, ...] = (
         {},
         "fsspec storage options for state.dir and checkpoint.dir (a YAML mapping, or JSON in "
         "-D/environment), e.g. an S3 endpoint and credentials.",
-        _parse_mapping,
+        parse_mapping,
     ),
     ConfigOption(
         "restart.attempts",
@@ -225,22 +160,22 @@ OPTIONS: tuple[ConfigOption, ...] = (
         0,
         "Fixed-delay restart strategy: how many times a failed job is restarted from its latest "
         "checkpoint before it fails for good (0: never).",
-        _parse_count,
+        parse_count,
     ),
-    ConfigOption("restart.delay", "duration", 1000, "Wait before each restart.", _parse_duration),
+    ConfigOption("restart.delay", "duration", 1000, "Wait before each restart.", parse_duration),
     ConfigOption(
         "pipeline.batch-size",
         "int",
         256,
         "Most records a channel batch holds (records travel between subtasks in batches).",
-        _parse_positive,
+        parse_positive,
     ),
     ConfigOption(
         "pipeline.channel-capacity",
         "int",
         8,
         "Batches a channel holds before its producer waits (backpressure).",
-        _parse_positive,
+        parse_positive,
     ),
     ConfigOption(
         "compaction.mode",
@@ -256,8 +191,11 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "str",
         "",
         "host:port of the compaction service (several separated by commas), job:<name> (a "
-        "compaction service job of the cluster) or dns:///<name>:<port>; required when "
-        "compaction.mode is remote.",
+        "compaction service job of the cluster) or dns:///<name>:<port> (every address the name "
+        "resolves to); required when compaction.mode is remote. job: and dns:/// addresses are "
+        "resolved again every compaction.client.resolve-interval, so instances that start or "
+        "stop are seen while the job runs; while it names no running instance, compactions run "
+        "locally.",
         str,
     ),
     ConfigOption(
@@ -273,16 +211,17 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "mapping",
         {},
         "Backend-specific settings (a YAML mapping, or JSON in -D/environment), e.g. "
-        '{"lsm.block_cache_bytes": 0} or {"block_cache_bytes": 67108864} for rocksdb; see '
-        "docs/state-backends.md.",
-        _parse_mapping,
+        '{"block_cache_bytes": 67108864} for rocksdb; see docs/state-backends.md. An entry '
+        "named like a key's backend option (lsm.memtable_bytes, compaction_service_deadline_s) "
+        "sets that key, for compatibility: giving a key both ways is an error.",
+        parse_mapping,
     ),
     ConfigOption(
         "progress.interval",
         "duration",
         1000,
         "How often `streamlet run` refreshes its progress line.",
-        _parse_duration,
+        parse_duration,
     ),
     ConfigOption(
         "compaction.service.port",
@@ -290,14 +229,14 @@ OPTIONS: tuple[ConfigOption, ...] = (
         0,
         "Port the compaction service job (`streamlet submit compaction_service`) binds; 0: any "
         "free port (the job registers the bound one with the job manager).",
-        _parse_count,
+        parse_count,
     ),
     ConfigOption(
         "compaction.service.workers",
         "int",
         2,
         "Worker processes of the compaction service job.",
-        _parse_positive,
+        parse_positive,
     ),
     ConfigOption(
         "compaction.service.allowed-roots",
@@ -343,7 +282,7 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "duration",
         1000,
         "How often a task manager reports to the job manager.",
-        _parse_positive_duration,
+        parse_positive_duration,
     ),
     ConfigOption(
         "cluster.heartbeat.timeout",
@@ -351,15 +290,52 @@ OPTIONS: tuple[ConfigOption, ...] = (
         5000,
         "A task manager silent this long is declared lost; its jobs restart elsewhere from their "
         "latest checkpoint.",
-        _parse_positive_duration,
+        parse_positive_duration,
     ),
     ConfigOption(
         "taskmanager.slots",
         "int",
         2,
         "Slots of a task manager: a job with parallelism p takes p slots.",
-        _parse_positive,
+        parse_positive,
     ),
+    ConfigOption(
+        "taskmanager.labels",
+        "str",
+        "",
+        "Labels of a task manager (comma-separated, e.g. compactor), which jobs select with "
+        "placement.taskmanager-label; `streamlet taskmanager --label L` adds one.",
+        str,
+    ),
+    ConfigOption(
+        "taskmanager.drain-grace",
+        "duration",
+        30_000,
+        "On SIGTERM a task manager drains: it takes no new work, withdraws its jobs' endpoints "
+        "and gives the services its jobs run (the compaction service) this long to finish the "
+        "calls they run, then stops them and exits. Keep a pod's terminationGracePeriodSeconds "
+        "above it.",
+        parse_duration,
+    ),
+    ConfigOption(
+        "placement.per-taskmanager",
+        "bool",
+        False,
+        "Run the job as one instance (parallelism 1, one slot) on every task manager that "
+        "matches placement.taskmanager-label, also on those that join later; an instance ends "
+        "with its task manager and is not moved. Instances are independent: no -s, periodic "
+        "checkpoints off unless checkpoint.interval is set.",
+        parse_bool,
+    ),
+    ConfigOption(
+        "placement.taskmanager-label",
+        "str",
+        "",
+        "Only task managers with this label (taskmanager.labels) run the job; empty: any.",
+        str,
+    ),
+    *CLIENT_KEYS,
+    *LSM_KEYS,
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 _ENV_VARS = {option.env_var: option for option in OPTIONS}
@@ -396,6 +372,9 @@ def _warn_unknown_env_vars(env: Mapping[str, str]) -> None:
         log.warning("environment variable %s names no configuration key; ignored%s", name, hint)
 
 
+_TLS_FILES = ("ca-file", "cert-file", "key-file", "server-name")
+
+
 def _names_an_address(address: str) -> bool:
     return any(part.strip() for part in address.split(","))
 
@@ -416,6 +395,9 @@ class Configuration:
 
     def __init__(self, values: Mapping[str, Any] | None = None) -> None:
         self._values: dict[str, Any] = {}
+        self._sources: dict[str, str] = {}  # where each value in _values came from
+        self._given: dict[str, Any] = {}  # values state.options gives for keys (compatibility)
+        self._backend_only: dict[str, Any] = {}  # the other entries of state.options
         for key, value in (values or {}).items():
             self.set(key, value, "the configuration")
         self._check()
@@ -456,9 +438,13 @@ class Configuration:
             self._values[key] = option.convert(value)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"bad value for {key} in {source}: {e}") from e
+        self._sources[key] = source
 
     def _check(self) -> None:
-        """Rules across keys: remote compaction needs the service's address."""
+        """Rules across keys: the keys state.options gives (each once), remote compaction
+        needs the service's address, the client's TLS files go together, the breaker's
+        back-offs are in order, and the lsm options fit together."""
+        self._take_state_options()
         if self.get("compaction.mode") == "remote" and not _names_an_address(
             self.get("compaction.service.address")
         ):
@@ -467,12 +453,76 @@ class Configuration:
                 "the compaction service's host:port (several separated by commas), job:<name> or "
                 "dns:///<name>:<port>, or set compaction.mode to local"
             )
+        tls = {name: self.get(f"compaction.client.tls.{name}") for name in _TLS_FILES}
+        if bool(tls["cert-file"]) != bool(tls["key-file"]):
+            raise ConfigError(
+                "compaction.client.tls.cert-file and compaction.client.tls.key-file go together "
+                "(a client certificate and its private key): set both or neither"
+            )
+        if any(tls.values()) and not tls["ca-file"]:
+            raise ConfigError(
+                "compaction.client.tls.* is set but compaction.client.tls.ca-file is not: TLS to "
+                "the compaction service needs the CA that signed its certificate"
+            )
+        backoff = self.get("compaction.client.breaker.backoff")
+        if self.get("compaction.client.breaker.max-backoff") < backoff:
+            raise ConfigError(
+                f"compaction.client.breaker.max-backoff must be at least "
+                f"compaction.client.breaker.backoff ({backoff} ms)"
+            )
+        lsm = {
+            option.key[len("lsm.") :]: self.get(option.key)
+            for option in LSM_KEYS
+            if option.key in self._values or option.key in self._given
+        }
+        try:
+            parse_options(lsm)
+        except ValueError as e:
+            raise ConfigError(f"bad lsm options: {e}") from e
+
+    def _take_state_options(self) -> None:
+        """Split state.options into values of keys (entries under a key's backend name,
+        `streamlet.backend_keys`) and the backend's own options; a key given both as a key and in
+        state.options, or twice in state.options, is an error naming both places."""
+        where = self._sources.get("state.options", "the defaults")
+        backend = self.get("state.backend")
+        given: dict[str, Any] = {}
+        names: dict[str, str] = {}
+        rest: dict[str, Any] = {}
+        for name, value in self.get("state.options").items():
+            try:
+                key = key_of_state_option(name, backend)
+            except ValueError as e:
+                raise ConfigError(f"bad state.options in {where}: {e}") from e
+            if key is None:
+                rest[name] = value
+                continue
+            if key in self._values:
+                raise ConfigError(
+                    f"{key} is given twice: as {key} in {self._sources[key]} and as {name!r} in "
+                    f"state.options in {where}; give it once (as {key})"
+                )
+            if key in names:
+                raise ConfigError(
+                    f"{key} is given twice in state.options in {where}: as {names[key]!r} and "
+                    f"as {name!r}"
+                )
+            names[key] = name
+            try:
+                given[key] = OPTIONS_BY_KEY[key].convert(key_value(key, value))
+            except (ValueError, TypeError) as e:
+                raise ConfigError(
+                    f"bad value for {key} (as {name!r} in state.options in {where}): {e}"
+                ) from e
+        self._given, self._backend_only = given, rest
 
     def get(self, key: str) -> Any:
         if key not in OPTIONS_BY_KEY:
             raise ConfigError(f"unknown configuration key {key!r}")
         if key in self._values:
             return self._values[key]
+        if key in self._given:
+            return self._given[key]
         return self._default(key)
 
     def _default(self, key: str) -> Any:
@@ -487,42 +537,18 @@ class Configuration:
         return OPTIONS_BY_KEY[key].default
 
     def backend_config(self) -> BackendConfig:
-        """The state backend settings these values select, with the compaction mode wired.
-
-        With `compaction.mode: remote`, the compaction service's client is registered as the
-        `remote` mode and `compaction.service.address` (which a remote mode requires) is resolved
-        (`job:<name>` through the cluster's endpoint directory, `dns:///name:port` through DNS) to
-        the `host:port` list the backend gets. When it resolves to nothing (e.g. the service job
-        is not running yet), the backend compacts locally, with a warning.
-        """
-        mode = self.get("compaction.mode")
-        address = self.get("compaction.service.address")
-        if mode == "remote":
-            mode, address = _remote_compaction(address)
+        """The state backend these values select, with its options: the entries of
+        state.options that are no keys, and the keys that reach the backend under their
+        backend names (`streamlet.backend_keys.ROUTES`). The address is not resolved here: the
+        remote compactor resolves it continuously (`streamlet.compaction` wires it)."""
+        options = dict(self._backend_only)
+        for key, route in ROUTES.items():
+            if route.always or key in self._values or key in self._given:
+                options[route.name] = backend_value(key, self.get(key))
         return BackendConfig(
             name=self.get("state.backend"),
             checkpoint_dir=self.get("state.dir"),
             local_dir=self.get("state.local-dir"),
             storage_options=self.get("dfs.storage-options"),
-            options={
-                **self.get("state.options"),
-                "compaction_mode": mode,
-                "compaction_service_address": address,
-                "compaction_service_token": self.get("compaction.service.token"),
-            },
+            options=options,
         )
-
-
-def _remote_compaction(address: str) -> tuple[str, str]:
-    """(compaction mode, resolved address) for `compaction.mode: remote`."""
-    import compaction_service.client  # noqa: F401 - registers the `remote` compaction mode
-    from streamlet.cluster.endpoints import current_lookup, resolve_compaction_endpoints
-
-    endpoints = resolve_compaction_endpoints(address, current_lookup())
-    if not endpoints:
-        log.warning(
-            "compaction.service.address %r names no running compaction service: compacting locally",
-            address,
-        )
-        return "local", ""
-    return "remote", ",".join(endpoints)

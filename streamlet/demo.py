@@ -50,10 +50,8 @@ def run_demo(rows: int = 30_000, parallelism: int = 2) -> DemoResult:
                     "compaction.mode": "remote",
                     "compaction.service.address": f"127.0.0.1:{port}",
                     # Small memtables, so a short demo flushes and compacts many times.
-                    "state.options": {
-                        "lsm.memtable_bytes": 1 << 20,
-                        "lsm.l0_compaction_trigger": 3,
-                    },
+                    "lsm.memtable_bytes": 1 << 20,
+                    "lsm.l0_compaction_trigger": 3,
                 },
                 environ={},
             )

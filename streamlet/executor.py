@@ -32,6 +32,7 @@ from streamlet.checkpoint import (
     read_metadata,
     restored_states,
 )
+from streamlet.compaction import backend_config
 from streamlet.config import Configuration
 from streamlet.errors import JobDefinitionError, SavepointError, StreamletError
 from streamlet.graph import Chain, Node, NodeKind, Plan
@@ -160,7 +161,9 @@ class Execution:
     (`streamlet.cluster.distributed`): `is_local` says which subtasks this process runs,
     `channel` connects a pair of subtasks (a bounded queue here, TCP between task managers),
     `restore_point` picks the checkpoint to restore (one for all processes), `listener` is where
-    subtasks acknowledge checkpoints, `run_subtasks` runs them.
+    subtasks acknowledge checkpoints, `run_subtasks` runs them. Its operators' state backends get
+    `backend_config`, made once per attempt by `streamlet.compaction.backend_config` (which wires
+    remote compaction: every way of running a job comes through here).
     """
 
     def __init__(
@@ -183,6 +186,7 @@ class Execution:
             job, parallelism or config.get("parallelism.default"), self.max_parallelism
         )
         self.batch_size = config.get("pipeline.batch-size")
+        self.backend_config = backend_config(config)  # remote compaction wired here
         self.restore_from = restore_from
         self.allow_non_restored_state = (
             config.get("checkpoint.allow-non-restored-state")
@@ -421,7 +425,7 @@ class Execution:
             subtask_index=index,
             parallelism=chain.parallelism,
             max_parallelism=self.max_parallelism,
-            backend_config=self.config.backend_config(),
+            backend_config=self.backend_config,
             metrics=self.metrics,
             config=self.config,
         )

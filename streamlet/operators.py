@@ -65,7 +65,7 @@ class OperatorContext:
             max_parallelism=self.max_parallelism,
             restore=restore,
         )
-        self.metrics.backends.append(backend)
+        self.metrics.watch(backend, self.uid, self.subtask_index)
         return backend
 
     def release_keyed_backend(self, backend: KeyedStateBackend) -> None:

@@ -131,7 +131,7 @@ def dispose(url: str, config: "Configuration") -> str:
             checkpoint_dir=config.get("state.dir"),
             local_dir=config.get("state.local-dir"),
             storage_options=options,
-            options=config.get("state.options"),
+            options=config.backend_config().options,
         )
         dispose_savepoint(backend, handle)
     directory = snapshot_directory(url)

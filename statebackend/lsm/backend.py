@@ -36,9 +36,11 @@ Options (`context.options`, all optional, strings are converted, the `lsm.` pref
 `lsm.compression`, `lsm.compression_level` (table options) and `lsm.root`. The file cache
 lives below `context.local_dir/context.scope` unless `lsm.local_dir` is given.
 
-`compaction_mode` (`local`, or a mode the runtime registered such as `remote`) and
-`compaction_service_address` choose the compactor: one per mode and address, shared by every DB
-the factory opens (see `statebackend.lsm.compactor`).
+`compaction_mode` (`local`, or a mode the runtime registered such as `remote`) and the other
+options named `compaction_*` (the service's address and client settings, the local compactor's
+workers) choose the compactor: one per distinct set of them, shared by every DB the factory opens
+(see `statebackend.lsm.compactor`). The runtime hands the options over typed (parsed once, from
+configuration keys); strings are converted for backends configured by hand.
 """
 
 import dataclasses
@@ -63,6 +65,7 @@ from statebackend.lsm.adoption import assemble, clip
 from statebackend.lsm.cache import TableCache
 from statebackend.lsm.compactor import IN_PROCESS_PROTOCOLS, Compactor, create_compactor
 from statebackend.lsm.db import LsmDB
+from statebackend.lsm.debt import debt_metrics
 from statebackend.lsm.manifest import CorruptManifestError, decode
 from statebackend.lsm.meta import TableOptions
 from statebackend.lsm.options import PREFIX, LsmOptions
@@ -116,13 +119,15 @@ class LsmStore:
         return {**self._handle(manifest), "savepoint_pin": pin}
 
     def metrics(self) -> dict[str, float]:
-        """Compactions installed, by where they ran, and their CPU seconds (for progress lines)."""
+        """Compactions installed, by where they ran, and their CPU seconds (for progress lines);
+        the DB's compaction debt and write stalls (`statebackend.lsm.debt.debt_metrics`)."""
         db = self.db
         return {
             "compactions_local": db.compactions_installed - db.compactions_remote,
             "compactions_remote": db.compactions_remote,
             "compaction_cpu_seconds_local": db.compaction_cpu_seconds["local"],
             "compaction_cpu_seconds_remote": db.compaction_cpu_seconds["remote"],
+            **debt_metrics(db.version, db.o, db.stalls),
         }
 
     def release(self, handle: StoreHandle, retained: Sequence[StoreHandle]) -> None:
@@ -160,21 +165,30 @@ class LsmStoreFactory:
 
     def __init__(self, compactor: Compactor | None = None) -> None:
         self.compactor = compactor
-        # One compactor per (mode, address, in-process file system), shared by the DBs opened.
-        self._shared: dict[tuple[str, str, bool], Compactor] = {}
+        # One compactor per compaction settings (see _compactor_for), shared by the DBs opened.
+        self._shared: dict[tuple[Any, ...], Compactor] = {}
         self._lock = threading.Lock()
 
     def _compactor_for(self, context: StoreContext) -> Compactor:
+        """The compactor of the context's compaction settings: its options named
+        `compaction_*` (with or without the `lsm.` prefix: the mode, the service's address and
+        client settings, the local workers) and whether its file system is in-process; DBs
+        with the same settings share one."""
         if self.compactor is not None:
             return self.compactor
         options = context.options
         mode = str(options.get("compaction_mode") or "local")
-        address = str(options.get("compaction_service_address") or "")
         protocol = split_protocol(context.checkpoint_dir)[0] or "file"
-        key = (mode, address, protocol in IN_PROCESS_PROTOCOLS)
+        in_process = protocol in IN_PROCESS_PROTOCOLS
+        settings = sorted(
+            (name, value)
+            for name, value in options.items()
+            if name.removeprefix(PREFIX).startswith("compaction_")
+        )
+        key = (mode, in_process, *settings)
         with self._lock:
             if key not in self._shared:
-                self._shared[key] = create_compactor(mode, options, key[2])
+                self._shared[key] = create_compactor(mode, options, in_process)
             return self._shared[key]
 
     def _settings(self, context: StoreContext) -> _Settings:

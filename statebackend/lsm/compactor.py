@@ -11,8 +11,8 @@ which output prefixes the garbage collector must keep (docs/lsm-protocol.md, "Pr
 in-flight outputs").
 
 A compaction mode names how a backend gets its compactor: `local` is built in; the runtime
-registers `remote` (the compaction service's client) with `register_compaction_mode`, so this
-package never imports the service.
+registers `remote` (the compaction service's client) with `register_compaction_mode` where it
+assembles a program, so this package never imports the service.
 
 `LocalCompactor` runs `run_compaction` in worker processes (spawned, so no fork of a threaded
 writer), which keeps compaction CPU off the writer's GIL. A DB rooted on an in-process file system

@@ -43,6 +43,7 @@ from statebackend.lsm import files, reads
 from statebackend.lsm.cache import CacheStats, TableCache
 from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec
 from statebackend.lsm.compactor import CompactionRegistry, Compactor, LocalCompactor, Running
+from statebackend.lsm.debt import WriteStalls, stop_cause
 from statebackend.lsm.gc import GarbageCollector, GcResult
 from statebackend.lsm.manifest import Manifest, ManifestStore, ManifestWriter, encode
 from statebackend.lsm.memtable import Memtable
@@ -132,11 +133,7 @@ class LsmDB:
         self.compactor: Compactor = compactor or LocalCompactor.for_protocols(
             self.fs.protocol, o.compaction_workers
         )
-        self._picker = Picker(
-            PickerOptions(
-                o.num_levels, o.l0_compaction_trigger, o.level_base_bytes, o.level_multiplier
-            )
-        )
+        self._picker = Picker(PickerOptions.of(o))
         self._gc = GarbageCollector(
             self.fs, self._root_path, self._manifests, o.gc_grace_s, o.manifest_retention
         )
@@ -156,6 +153,7 @@ class LsmDB:
         # Installed compactions by where they ran.
         self.compactions_remote = 0
         self.compaction_cpu_seconds = {"local": 0.0, "remote": 0.0}
+        self.stalls = WriteStalls()  # the writer's slowdowns and stops (statebackend.lsm.debt)
         self._thread = threading.Thread(
             target=self._bg_loop, name=f"lsm-bg-{self.epoch}", daemon=True
         )
@@ -180,22 +178,24 @@ class LsmDB:
             self._make_room()
 
     def _make_room(self) -> None:
-        """Freeze the memtable; wait while too many await flushing or L0 is at its stop trigger."""
+        """Freeze the memtable; first wait (a stop) or sleep (a slowdown) if due (see `debt`)."""
         o = self.o
         with self._cond:
-            while True:
-                self._check_open_locked()
-                l0 = len(self._version.levels[0])
-                if len(self._imms) < o.max_immutables and not (
-                    o.auto_compact and l0 >= o.l0_stop_trigger
-                ):
-                    break
-                self._cond.wait(0.5)
+            try:
+                while cause := self._stop_cause_locked():
+                    self.stalls.stopped(cause)
+                    self._cond.wait(0.5)
+            finally:
+                self.stalls.resumed()
+            l0 = len(self._version.levels[0])
             self._imms = self._imms + (self._mem,)
             self._mem = Memtable()
             self._wake_locked()
-        if o.auto_compact and l0 >= o.l0_slowdown_trigger:
-            time.sleep(o.slowdown_sleep_s)
+        self.stalls.slow_down(l0, o)
+
+    def _stop_cause_locked(self) -> str | None:
+        self._check_open_locked()
+        return stop_cause(len(self._imms), len(self._version.levels[0]), self.o)
 
     def _check_open_locked(self) -> None:
         if self._bg_error is not None:

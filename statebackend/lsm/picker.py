@@ -24,11 +24,15 @@ reference when it is clipped or of another root, so that the DB stops holding sh
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from statebackend.lsm.compaction_job import SPEC_VERSION, CompactionInput, CompactionSpec
 from statebackend.lsm.files import compaction_prefix, new_compaction_id
 from statebackend.lsm.meta import RefId, TableMeta, TableOptions
 from statebackend.lsm.version import Version
+
+if TYPE_CHECKING:
+    from statebackend.lsm.options import LsmOptions
 
 KeyRange = tuple[bytes, bytes]  # half-open [lo, hi)
 
@@ -39,6 +43,12 @@ class PickerOptions:
     l0_trigger: int = 4
     level_base_bytes: int = 64 << 20
     level_multiplier: int = 10
+
+    @classmethod
+    def of(cls, options: "LsmOptions") -> "PickerOptions":
+        """The picking settings of a DB's options."""
+        o = options
+        return cls(o.num_levels, o.l0_compaction_trigger, o.level_base_bytes, o.level_multiplier)
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,22 @@
-"""Compaction service addresses: `compaction.service.address` to a list of `host:port`.
+"""The runtime's answers to `job:<name>` compaction service addresses.
 
-Three forms: `job:<name>` (the endpoints the running jobs named <name> registered with the job
-manager: several compactor jobs, or one with parallelism > 1, serve one address), `dns:///name:port`
-(every address the name resolves to, as behind a Kubernetes headless Service) and a comma-separated
-list of `host:port`. `resolve_compaction_endpoints` is the one function the state backend's
-compactor factory calls; inside a task manager, `current_lookup()` gives the task manager's copy
-of the job manager's endpoint directory (refreshed by every heartbeat), so resolving never calls
-out from the event loop.
+`job:<name>` names the endpoints the running jobs named <name> registered with the job manager
+(several compactor jobs, or one with parallelism > 1, serve one address). Resolving addresses
+(also `dns:///name:port` and `host:port` lists), continuously, is the compaction service
+client's (`compaction_service.resolver`); it does not import the runtime, so the runtime hands it
+a lookup (`streamlet.compaction`): inside a task manager `current_lookup()`, the task manager's
+copy of the job manager's endpoint directory (refreshed by every heartbeat, so looking up never
+calls out), elsewhere a `JobManagerLookup` (the job manager's REST API, blocking: the resolver
+calls it from its own thread). `resolve_compaction_endpoints` resolves an address once, with
+such a lookup (for scripts and tests).
 """
 
 import json
-import socket
 import urllib.request
 from contextvars import ContextVar
 from typing import Protocol
 
+from compaction_service.resolver import resolve
 from streamlet.cluster.auth import bearer
 
 
@@ -63,38 +65,6 @@ def current_lookup() -> EndpointLookup | None:
     return lookup_context.get()
 
 
-def _check_host_port(address: str) -> str:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"not host:port: {address!r}")
-    return address
-
-
-def resolve_compaction_endpoints(
-    address: str, jobmanager_client: EndpointLookup | None
-) -> list[str]:
-    """`host:port` endpoints for `compaction.service.address` (empty if none is running)."""
-    address = address.strip()
-    if not address:
-        return []
-    if address.startswith("job:"):
-        name = address[len("job:") :]
-        if not name:
-            raise ValueError("job: addresses need a job name, e.g. job:compaction-service")
-        if jobmanager_client is None:
-            raise ValueError(f"{address}: job addresses resolve only inside a streamlet cluster")
-        return jobmanager_client.job_endpoints(name)
-    if address.startswith("dns:///"):
-        host, _, port = _check_host_port(address[len("dns:///") :]).rpartition(":")
-        try:
-            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-        except socket.gaierror:
-            return []
-        resolved = []
-        for family, *_, sockaddr in infos:
-            ip = sockaddr[0]
-            endpoint = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
-            if endpoint not in resolved:
-                resolved.append(endpoint)
-        return resolved
-    return [_check_host_port(part.strip()) for part in address.split(",") if part.strip()]
+def resolve_compaction_endpoints(address: str, lookup: EndpointLookup | None) -> list[str]:
+    """`host:port` endpoints for `compaction.service.address` now (empty if none is running)."""
+    return resolve(address, None if lookup is None else lookup.job_endpoints)

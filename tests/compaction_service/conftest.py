@@ -1,4 +1,4 @@
-"""Fixtures for the compaction service tests: in-process services, stubs and TLS material."""
+"""Fixtures of the compaction service tests: in-process services, stubs, clients, TLS material."""
 
 import datetime
 import ipaddress
@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from compaction_service.client import RemoteCompactor
 from compaction_service.proto import compaction_pb2_grpc as pb_grpc
 from compaction_service.server import BackgroundService, ServiceConfig
 
@@ -48,6 +49,22 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     yield start
     for service in started:
         service.stop()
+
+
+@pytest.fixture
+def compactors() -> Iterator[Callable[..., RemoteCompactor]]:
+    """Makes RemoteCompactors (a long breaker back-off unless given); all closed at teardown."""
+    made: list[RemoteCompactor] = []
+
+    def make(endpoints: Any, **options: Any) -> RemoteCompactor:
+        options.setdefault("backoff_s", 30.0)
+        compactor = RemoteCompactor(endpoints, **options)
+        made.append(compactor)
+        return compactor
+
+    yield make
+    for compactor in made:
+        compactor.close()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Builders shared by the compaction service tests: input tables, specs and the reference answer.
 
 Also holds compaction functions the tests inject into worker processes (they must be importable
-by a spawned process): `blocking_compaction` parks forever, so a test controls when it stops.
+by a spawned process): `blocking_compaction` parks forever, so a test controls when it stops;
+`gated_compaction` runs once the test opens its gate.
 `DirWatch` and `snapshot` prove that nothing touched a directory.
 """
 
@@ -115,6 +116,22 @@ def blocking_compaction(
     fs.pipe_file(posixpath.join(path, f"{spec.output_prefix}partial-0000.sst"), b"partial")
     threading.Event().wait()
     raise AssertionError("unreachable")
+
+
+def gated_compaction(
+    spec: CompactionSpec, storage_options: Mapping[str, Any], creator: str
+) -> CompactionResult:
+    """Marks that it started (file `started-<compaction id>` in the DB root), waits for the file
+    `gate` there (at most 120 s: a test that forgets it fails instead of hanging), then compacts
+    for real: a test holds a compaction in flight as long as it wants, then lets it finish."""
+    fs, root = filesystem(spec.db_root, storage_options)
+    fs.pipe_file(posixpath.join(root, f"started-{spec.compaction_id}"), b"")
+    deadline = time.monotonic() + 120
+    while not fs.exists(posixpath.join(root, "gate")):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test never opened the gate")
+        time.sleep(0.02)
+    return run_compaction(spec, storage_options, creator)
 
 
 def failing_compaction(

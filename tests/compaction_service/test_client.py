@@ -4,10 +4,8 @@ import logging
 import time
 from concurrent.futures import Future
 
-import pytest
-
 from compaction_service.breaker import State
-from compaction_service.client import ClientTls, RemoteCompactor
+from compaction_service.client import FALLBACK_REASONS, ClientTls
 from compaction_service.server import TlsConfig
 from statebackend.lsm.compaction_job import CompactionSpec, run_compaction
 from statebackend.lsm.db import LsmDB, LsmOptions
@@ -21,21 +19,6 @@ from tests.compaction_service.helpers import (
     write_tables,
 )
 from tests.support.ports import free_port
-
-
-@pytest.fixture
-def compactors():
-    made: list[RemoteCompactor] = []
-
-    def make(endpoints, **options) -> RemoteCompactor:
-        options.setdefault("backoff_s", 30.0)
-        compactor = RemoteCompactor(endpoints, **options)
-        made.append(compactor)
-        return compactor
-
-    yield make
-    for compactor in made:
-        compactor.close()
 
 
 def test_remote_result_and_log_lines(start_service, compactors, caplog) -> None:
@@ -58,7 +41,8 @@ def test_remote_result_and_log_lines(start_service, compactors, caplog) -> None:
 def test_unavailable_falls_back_then_the_breaker_keeps_it_local(tmp_path, compactors) -> None:
     root = f"file://{tmp_path}/db"
     inputs = write_tables(root, tables=2, entries=500)
-    compactor = compactors([f"127.0.0.1:{free_port()}"], failure_threshold=2)
+    address = f"127.0.0.1:{free_port()}"
+    compactor = compactors([address], failure_threshold=2)
     expected = read_outputs(root, run_compaction(make_spec(root, inputs)))
     for _ in range(3):
         result = compactor.submit(make_spec(root, inputs), {}).result(timeout=30)
@@ -66,7 +50,12 @@ def test_unavailable_falls_back_then_the_breaker_keeps_it_local(tmp_path, compac
     s = compactor.stats
     assert (s.remote_ok, s.remote_failed, s.fallbacks) == (0, 2, 3)
     assert s.failures_by_code == {"UNAVAILABLE": 2} and s.local_cpu_seconds > 0
-    assert compactor.endpoints[0].breaker.state is State.OPEN
+    assert s.fallbacks_by_reason == {
+        **dict.fromkeys(FALLBACK_REASONS, 0),
+        "unavailable": 2,
+        "breaker_open": 1,
+    }
+    assert compactor.breaker(address).state is State.OPEN
 
 
 def test_breaker_returns_to_remote_when_the_service_is_back(
@@ -77,7 +66,7 @@ def test_breaker_returns_to_remote_when_the_service_is_back(
     root = f"file://{tmp_path}/allowed/db"
     inputs = write_tables(root, tables=2, entries=300)
     assert compactor.submit(make_spec(root, inputs), {}).result(timeout=30).outputs
-    breaker = compactor.endpoints[0].breaker
+    breaker = compactor.breaker(f"127.0.0.1:{port}")
     assert breaker.state is State.OPEN and compactor.stats.fallbacks == 1
 
     start_service(port=port)
@@ -119,6 +108,7 @@ def test_full_queue_falls_back_at_once_and_cancel_stops_remote_work(
     third = compactor.submit(make_spec(root, inputs), {}).result(timeout=30)
     assert time.monotonic() - started < 10  # far below the 120 s deadline
     assert third.outputs and compactor.stats.failures_by_code == {"RESOURCE_EXHAUSTED": 1}
+    assert compactor.stats.fallbacks_by_reason["resource_exhausted"] == 1
     assert all(t.creator.startswith("compaction:") for t in third.outputs)  # ran locally
 
     assert first.cancel() and second.cancel()  # the DB abandons them
@@ -135,7 +125,7 @@ def test_deadline_falls_back_and_the_remote_run_leaves_nothing(start_service, co
     spec = make_spec(root, inputs)
     result = compactor.submit(spec, {}).result(timeout=30)
     assert compactor.stats.failures_by_code == {"DEADLINE_EXCEEDED": 1}
-    assert compactor.stats.fallbacks == 1
+    assert compactor.stats.fallbacks == compactor.stats.fallbacks_by_reason["deadline"] == 1
     wait_until(lambda: running.service.server.dispatcher.totals.cancelled == 1, what="stopped")
     wait_until(
         lambda: table_names(root) == {t.name for t in inputs} | {t.name for t in result.outputs},
@@ -150,6 +140,7 @@ def test_a_bad_result_is_discarded_and_run_locally(start_service, compactors) ->
     compactor = compactors([running.address])
     result = compactor.submit(make_spec(root, inputs), {}).result(timeout=30)
     assert compactor.stats.failures_by_code == {"BAD_RESULT": 1}
+    assert compactor.stats.fallbacks_by_reason["invalid_result"] == 1
     assert table_names(root) == {t.name for t in inputs} | {t.name for t in result.outputs}
 
 
@@ -234,6 +225,7 @@ def test_tls_and_token_from_the_client(start_service, compactors, tls_files) -> 
     no_token = compactors([running.address], tls=tls)
     assert no_token.submit(spec, {}).result(timeout=30).outputs
     assert no_token.stats.failures_by_code == {"UNAUTHENTICATED": 1}
+    assert no_token.stats.fallbacks_by_reason["other"] == 1
 
 
 def test_late_remote_results_are_never_installed(start_service, compactors) -> None:

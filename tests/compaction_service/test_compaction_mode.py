@@ -2,9 +2,11 @@
 
 import pytest
 
-import compaction_service.client  # noqa: F401 - registers the `remote` compaction mode
+from compaction_service.client import remote_compactor
 from statebackend import BackendConfig, ValueStateDescriptor, create_backend
-from statebackend.lsm.compactor import create_compactor
+from statebackend.lsm.compactor import create_compactor, register_compaction_mode
+
+register_compaction_mode("remote", remote_compactor)  # as the runtime does (streamlet.compaction)
 
 
 def test_unknown_mode_names_the_known_ones() -> None:

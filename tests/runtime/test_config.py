@@ -10,7 +10,9 @@ import pytest
 
 import compaction_service.client
 from statebackend.lsm.backend import option_names, parse_options
+from streamlet.backend_keys import LSM_KEYS, ROUTES
 from streamlet.config import NON_KEY_ENV_VARS, OPTIONS, ConfigError, Configuration
+from streamlet.config_types import ConfigOption
 from streamlet.launcher import parse_defines
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -65,15 +67,31 @@ def test_defines_must_be_key_value() -> None:
 
 def test_compaction_keys_reach_the_backend_options() -> None:
     config = Configuration.load(
-        overrides={"compaction.mode": "remote", "compaction.service.address": "h:1,h:2"},
+        overrides={
+            "compaction.mode": "remote",
+            "compaction.service.address": "dns:///compactors:50051",
+            "compaction.client.deadline": "90s",
+            "compaction.client.breaker.backoff": "1500ms",
+            "compaction.client.subcompactions": "off",
+        },
         environ={"STREAMLET_STATE_BACKEND": "lsm"},
     )
     backend = config.backend_config()
     assert backend.name == "lsm"
     assert backend.options == {
         "compaction_mode": "remote",
-        "compaction_service_address": "h:1,h:2",
+        "compaction_service_address": "dns:///compactors:50051",  # resolved by the client
         "compaction_service_token": "",
+        "compaction_service_deadline_s": 90.0,
+        "compaction_service_tls_ca_file": "",
+        "compaction_service_tls_cert_file": "",
+        "compaction_service_tls_key_file": "",
+        "compaction_service_tls_server_name": "",
+        "compaction_service_breaker_failures": 3,
+        "compaction_service_breaker_backoff_s": 1.5,
+        "compaction_service_breaker_max_backoff_s": 120.0,
+        "compaction_service_resolve_interval_s": 2.0,
+        "compaction_service_subcompactions": False,
     }
 
 
@@ -83,45 +101,65 @@ def documented_options(section: str) -> dict[str, str]:
     return {m.group(1): m.group(0) for m in re.finditer(r"^\| `([\w.-]+)` \|.*$", text, re.M)}
 
 
-def test_every_key_is_documented_in_docs_configuration_md() -> None:
+def _shown_default(option: ConfigOption) -> str | None:
+    """How the docs show a key's default (None: a computed default, described in words)."""
+    default = option.default
+    if default is None:
+        return None
+    if default == "":
+        return "(none)"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    return f"`{default} ms`" if option.type_name == "duration" else f"`{default}`"
+
+
+def test_every_key_is_documented_with_its_type_and_default() -> None:
     documented = documented_options("Keys")
     assert set(documented) == {option.key for option in OPTIONS}
     for option in OPTIONS:
-        assert f"`{option.env_var}`" in documented[option.key]
+        cells = [cell.strip() for cell in documented[option.key].split(" | ")]
+        assert cells[3] == f"`{option.env_var}`", option.key
+        choices = " \\| ".join(option.choices)
+        assert cells[1] == option.type_name + (f": {choices}" if choices else ""), option.key
+        shown = _shown_default(option)
+        assert shown is None or cells[2].startswith(shown), (option.key, cells[2])
 
 
 def test_state_options_reach_the_backend_options() -> None:
     config = Configuration.load(
-        overrides={"state.options": '{"lsm.block_cache_bytes": 0}'},
+        overrides={"state.options": '{"lsm.block_cache_bytes": 0, "write_buffer_bytes": 7}'},
         environ={"STREAMLET_COMPACTION_SERVICE_TOKEN": "secret"},
     )
     options = config.backend_config().options
-    assert options["lsm.block_cache_bytes"] == 0
+    assert options["lsm.block_cache_bytes"] == 0 and options["write_buffer_bytes"] == 7
     assert options["compaction_service_token"] == "secret"
 
 
-def test_every_lsm_option_is_documented_with_its_default() -> None:
-    documented = {
-        key: row
-        for key, row in documented_options("State backend options").items()
-        if key.startswith("lsm.")
-    }
-    assert set(documented) == {f"lsm.{name}" for name in option_names()}
+def test_every_lsm_option_is_a_key_and_lsm_root_is_documented() -> None:
+    assert {o.key for o in LSM_KEYS} == {f"lsm.{name}" for name in option_names()} - {"lsm.root"}
     options = parse_options({})  # every option at its default
     defaults = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
     defaults |= {f.name: getattr(options.table, f.name) for f in dataclasses.fields(options.table)}
     del defaults["table"]
-    for name, default in defaults.items():
-        if default is not None:
-            shown = str(default).lower() if isinstance(default, bool) else str(default)
-            assert f"`{shown}`" in documented[f"lsm.{name}"], name
+    assert {o.key: o.default for o in LSM_KEYS} == {f"lsm.{k}": v for k, v in defaults.items()}
+    assert "`lsm.root`" in DOCS.read_text().split("\n## State backend options\n", 1)[1]
 
 
-def test_every_compaction_client_option_is_documented() -> None:
+def test_the_client_reads_every_compaction_key_with_the_same_defaults() -> None:
     source = inspect.getsource(compaction_service.client)
-    read = set(re.findall(r'"(compaction_service_\w+)"', source))
-    assert read  # what the remote compactor reads from the backend options
-    assert set(documented_options("State backend options")) >= read
+    read = set(re.findall(r'"(compaction_\w+)"', source))
+    routed = {route.name for key, route in ROUTES.items() if key.startswith("compaction.")}
+    # compaction_mode picks the client (statebackend.lsm.compactor); the runtime adds the lookup
+    assert read == routed - {"compaction_mode"} | {"compaction_job_lookup"}
+    mapped = documented_options("State backend options")  # key -> its backend option
+    for key, route in ROUTES.items():
+        if key.startswith("compaction."):
+            assert f"`{route.name}`" in mapped[key], key
+    parameters = inspect.signature(compaction_service.client.RemoteCompactor).parameters
+    backend = Configuration.load(environ={}).backend_config().options
+    for name, (argument, _) in compaction_service.client.OPTIONS.items():
+        if name != "compaction_service_token":
+            assert parameters[argument].default == backend[name], name
 
 
 def test_remote_compaction_without_an_address_refuses_to_start() -> None:
@@ -164,7 +202,7 @@ def test_streamlet_variables_used_on_purpose_are_not_warned_of(
     assert used - {option.env_var for option in OPTIONS} == NON_KEY_ENV_VARS
 
 
-def test_remote_compaction_without_a_running_service_compacts_locally() -> None:
+def test_the_address_is_not_resolved_by_the_configuration() -> None:
     config = Configuration.load(
         overrides={
             "compaction.mode": "remote",
@@ -173,4 +211,7 @@ def test_remote_compaction_without_a_running_service_compacts_locally() -> None:
         environ={},
     )
     options = config.backend_config().options
-    assert (options["compaction_mode"], options["compaction_service_address"]) == ("local", "")
+    assert (options["compaction_mode"], options["compaction_service_address"]) == (
+        "remote",
+        "dns:///nosuch.invalid:1",
+    )
