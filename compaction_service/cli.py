@@ -4,6 +4,10 @@
 a `ServiceConfig` (reading the token, TLS files and storage options from files, so no secret is
 on the command line) and runs the server. It logs one line when it is ready:
 `compaction service listening on HOST:PORT ...` (PORT is the bound port, also for --port 0).
+
+The first SIGTERM or SIGINT drains the service (`CompactionServer.drain`: NOT_SERVING, new calls
+refused with UNAVAILABLE, running calls get `--drain-grace` seconds), then it stops; a second
+signal stops it at once.
 """
 
 import asyncio
@@ -17,6 +21,8 @@ from typing import Any
 from compaction_service.scheduler import POLICIES
 from compaction_service.security import read_token
 from compaction_service.server import CompactionServer, ServiceConfig, TlsConfig
+
+DRAIN_GRACE_S = 30.0
 
 
 def build_config(
@@ -57,33 +63,43 @@ def build_config(
     )
 
 
-def run(config: ServiceConfig) -> None:
-    """Serve `config` in the foreground until SIGTERM or SIGINT."""
+def run(config: ServiceConfig, drain_grace_s: float = DRAIN_GRACE_S) -> None:
+    """Serve `config` in the foreground until SIGTERM or SIGINT (which drain it first)."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
-    asyncio.run(_serve(config))
+    asyncio.run(_serve(config, drain_grace_s))
 
 
-async def _serve(config: ServiceConfig) -> None:
+async def _serve(config: ServiceConfig, drain_grace_s: float) -> None:
     server = CompactionServer(config)
-    stop = asyncio.Event()
+    signalled = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, signalled.set)
     await server.start()  # logs "compaction service listening on HOST:PORT ..."
     try:
-        await stop.wait()
+        await signalled.wait()
+        signalled.clear()
+        draining = asyncio.create_task(server.drain(drain_grace_s))
+        again = asyncio.create_task(signalled.wait())
+        await asyncio.wait([draining, again], return_when=asyncio.FIRST_COMPLETED)
+        for task in (draining, again):
+            task.cancel()
+        await asyncio.gather(draining, again, return_exceptions=True)
     finally:
-        await server.stop()
+        await server.stop(0)
 
 
-def serve(**options: Any) -> int:
-    """Run the service with `build_config(**options)` until a signal stops it."""
+def serve(drain_grace: float = DRAIN_GRACE_S, **options: Any) -> int:
+    """Run the service with `build_config(**options)` until a signal stops it; the first signal
+    gives the running calls `drain_grace` seconds."""
     try:
+        if drain_grace < 0:
+            raise ValueError(f"--drain-grace must not be negative, got {drain_grace}")
         config = build_config(**options)
     except (OSError, ValueError) as e:
         print(f"streamlet compaction-service: {e}", file=sys.stderr)
         return 2
-    run(config)
+    run(config, drain_grace)
     return 0

@@ -15,9 +15,18 @@ If the client goes away (its deadline passes, or it cancels), gRPC cancels the h
 task of the request is stopped and its outputs deleted. A result that is ready only after the
 deadline is deleted instead of returned. The service's own storage options (DFS endpoint and
 credentials) come from its configuration, never from a request.
+
+`CompactionServer.drain(grace_s)` stops taking work without going away: health answers NOT_SERVING
+at once (a readiness probe fails, the pod leaves a headless Service), a new Compact call is
+refused with UNAVAILABLE (the client tries another endpoint or compacts locally, at no cost), and
+the calls that run get `grace_s` seconds to finish; those still running then end with
+UNAVAILABLE (their outputs deleted; the client compacts locally). `stop()` then releases the port
+and the workers. A task manager's SIGTERM drains every service its jobs run (the job registers
+`drain` with `RuntimeContext.on_drain`); `streamlet compaction-service` drains on SIGTERM too.
 """
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Mapping
@@ -57,6 +66,11 @@ log = logging.getLogger("compaction_service")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompactionService"].full_name
 UNDECODABLE_LOG_LIMIT = 10  # log lines about undecodable requests ...
 UNDECODABLE_LOG_S = 60.0  # ... per this many seconds
+STOPPED_CALLS_WAIT_S = 10.0  # for calls stopped at the end of a drain to clean up
+
+
+class ServiceStopping(Exception):
+    """The service's drain grace ended before the compaction did."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,11 @@ class CompactionServicer(pb_grpc.CompactionServiceServicer):
         self.guard = guard
         self.dispatcher = dispatcher
         self._jobs: dict[tuple[str, str], list[Task]] = {}  # (db_root, compaction_id) -> tasks
+        self.draining = False  # set by CompactionServer.drain: new calls are refused
+        self.calls = 0  # Compact calls being handled
+        self.idle = asyncio.Event()  # set while no Compact call is handled
+        self.idle.set()
+        self.stopping = asyncio.Event()  # the drain's grace ended: running calls stop
 
     def _pieces(self, spec: CompactionSpec, allowed: bool) -> int:
         if not allowed:
@@ -97,6 +116,23 @@ class CompactionServicer(pb_grpc.CompactionServiceServicer):
         return max(1, min(self.config.workers, by_size))
 
     async def Compact(
+        self, request: pb.CompactRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompactResponse:
+        if self.draining:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the compaction service is draining: it takes no new compactions",
+            )
+        self.calls += 1
+        self.idle.clear()
+        try:
+            return await self._compact(request, context)
+        finally:
+            self.calls -= 1
+            if self.calls == 0:
+                self.idle.set()
+
+    async def _compact(
         self, request: pb.CompactRequest, context: grpc.aio.ServicerContext
     ) -> pb.CompactResponse:
         try:
@@ -143,7 +179,7 @@ class CompactionServicer(pb_grpc.CompactionServiceServicer):
             len(tasks),
         )
         try:
-            results = await asyncio.gather(*futures)
+            results = await self._results(futures)
         except BaseException as e:
             for task in tasks:  # stop the other pieces; delete whatever any piece wrote
                 self.dispatcher.cancel(task)
@@ -168,10 +204,30 @@ class CompactionServicer(pb_grpc.CompactionServiceServicer):
             queue_seconds=max(0.0, started - queued_at),
         )
 
+    async def _results(self, futures: list[asyncio.Future[Any]]) -> list[Any]:
+        """The pieces' results; `ServiceStopping` if the drain's grace ends first."""
+        gathered = asyncio.gather(*futures)
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait([gathered, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            finished = gathered.done()
+            if not finished:
+                gathered.cancel()
+        if not finished:
+            raise ServiceStopping(
+                "the compaction service stopped before the compaction finished (its drain "
+                "grace ended)"
+            )
+        return gathered.result()
+
     async def _abort_failed(
         self, context: grpc.aio.ServicerContext, spec: CompactionSpec, e: BaseException
     ) -> None:
         log.warning("compaction %s failed: %s", spec.compaction_id, e)
+        if isinstance(e, ServiceStopping):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         if isinstance(e, JobCancelled):
             await context.abort(grpc.StatusCode.CANCELLED, str(e))
         if isinstance(e, WorkerLost):
@@ -305,6 +361,35 @@ class CompactionServer:
             ",".join(c.allowed_roots),
         )
         return self.port
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking work and let the running calls finish within `grace_s` (the module's
+        docstring says how); the server answers health checks until `stop()`."""
+        servicer = self.servicer
+        if servicer.draining:
+            return
+        servicer.draining = True
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info(
+            "compaction service on port %d draining: %d call(s) running, grace %.1f s",
+            self.port,
+            servicer.calls,
+            grace_s,
+        )
+        try:
+            await asyncio.wait_for(servicer.idle.wait(), grace_s)
+        except TimeoutError:
+            log.warning(
+                "compaction service on port %d: %d call(s) still running after the drain grace: "
+                "stopping them (their clients compact locally)",
+                self.port,
+                servicer.calls,
+            )
+            servicer.stopping.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(servicer.idle.wait(), STOPPED_CALLS_WAIT_S)
+        log.info("compaction service on port %d drained", self.port)
 
     async def stop(self, grace: float = 1.0) -> None:
         await self.health.enter_graceful_shutdown()

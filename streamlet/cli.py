@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--tls-key")
     service.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
     service.add_argument("--storage-options-file", help="JSON object of fsspec storage options")
+    service.add_argument(
+        "--drain-grace", type=float, default=30.0, help="seconds running calls get on SIGTERM"
+    )
     run = commands.add_parser("run", help="run a job module locally, with a progress line")
     run.add_argument("job_file", metavar="JOB.py")
     run.add_argument("-p", "--parallelism", type=int, help="default operator parallelism")
@@ -134,6 +137,9 @@ def _add_cluster_commands(commands: "argparse._SubParsersAction") -> None:
     taskmanager.add_argument("--slots", type=int, help="default: taskmanager.slots")
     taskmanager.add_argument(
         "--port", type=int, default=0, help="port of /metrics and /healthz (0: any free port)"
+    )
+    taskmanager.add_argument(
+        "--label", action="append", dest="labels", help="a label (repeatable): taskmanager.labels"
     )
     _add_defines(taskmanager, "the task manager")
     for managed in (jobmanager, taskmanager):  # set by `streamlet cluster` for its children
@@ -224,7 +230,7 @@ def _cluster_command(args: argparse.Namespace, job_args: list[str]) -> int:
     if args.command == "jobmanager":
         return commands.jobmanager(config, args.host, args.port)
     if args.command == "taskmanager":
-        return commands.taskmanager(config, args.slots, args.port)
+        return commands.taskmanager(config, args.slots, args.port, args.labels)
     if args.command == "cluster":
         return local.cluster(config, args.port, args.taskmanagers, args.slots)
     if args.command == "submit":

@@ -14,7 +14,7 @@ records to emit, and reach state, timers and side outputs through the context.
 """
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,6 +36,14 @@ EndpointRegistry = Callable[[str], None]
 
 endpoint_registry: ContextVar[EndpointRegistry | None] = ContextVar(
     "streamlet_endpoint_registry", default=None
+)
+"""Set by a cluster task manager around a job it runs; unset in a local run."""
+
+DrainHandler = Callable[[float], Awaitable[None]]
+"""Awaited with a grace period (seconds) when the task manager running a subtask drains."""
+
+drain_registry: ContextVar[Callable[[DrainHandler], None] | None] = ContextVar(
+    "streamlet_drain_registry", default=None
 )
 """Set by a cluster task manager around a job it runs; unset in a local run."""
 
@@ -61,6 +69,14 @@ class RuntimeContext:
             )
         else:
             registry(address)
+
+    def on_drain(self, handler: DrainHandler) -> None:
+        """Have `await handler(grace_s)` run when the task manager running this subtask drains
+        (SIGTERM): the handler stops taking work and finishes what it runs within `grace_s`
+        seconds; then the job is stopped. Nothing drains outside a cluster: ignored there."""
+        registry = drain_registry.get()
+        if registry is not None:
+            registry(handler)
 
 
 class KeyedContext(Protocol):

@@ -6,8 +6,9 @@
 #   2. wait until the store's bucket exists, both job managers are ready and the task managers run;
 #   3. forward the two job managers' REST ports to this machine and read their tokens from the
 #      Secrets;
-#   4. submit_compaction_example.sh: one compaction_service job per compactor task manager, then
-#      the example job with compaction.service.address=dns:///streamlet-compaction:50051 (the
+#   4. submit_compaction_example.sh: the compaction_service job, once, in the per-task-manager
+#      mode (an instance on every compactor task manager, also on pods added later), then the
+#      example job with compaction.service.address=dns:///streamlet-compaction:50051 (the
 #      headless Service), until the job reports remote compactions;
 #   5. show the log lines that prove it: `invokeCompactionService` on the job's task managers,
 #      `perform compaction on compaction-service side` on the compactor's.

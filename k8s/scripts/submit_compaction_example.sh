@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The submit steps of the remote-compaction example, against any two streamlet job managers:
 #
-#   1. submit COMPACTORS `compaction_service` jobs to the compactor cluster, each serving gRPC on
-#      COMPACTION_PORT of the task manager it lands on (one slot per compactor task manager, so
-#      one service per pod), and wait until every one runs and has registered its endpoint;
+#   1. submit the `compaction_service` job to the compactor cluster once, in the per-task-manager
+#      mode (placement.per-taskmanager=true): it runs an instance on every task manager labelled
+#      COMPACTOR_LABEL, also on those that start later, each serving gRPC on COMPACTION_PORT of its
+#      pod; skipped if the compactor cluster runs a compaction-service job already. Then wait
+#      until it serves on COMPACTORS task managers (endpoints registered);
 #   2. submit the example job (jobs.paper_job, the reference paper's job) to the streamlet cluster
 #      with compaction.mode=remote and compaction.service.address=COMPACTION_ADDRESS;
 #   3. wait until the job reports remote compactions (`streamlet status`: compactions_remote).
@@ -13,7 +15,8 @@
 #
 #   COMPACTOR_JOBMANAGER, COMPACTOR_TOKEN  REST URL and token of the compactor cluster (required)
 #   STREAMLET_JOBMANAGER, STREAMLET_TOKEN  REST URL and token of the streamlet cluster (required)
-#   COMPACTORS           compaction_service jobs to submit (1; one per compactor task manager)
+#   COMPACTORS           compactor task managers to wait for (1)
+#   COMPACTOR_LABEL      the compactor task managers' label (compactor: their `--label`)
 #   COMPACTION_PORT      port the service binds in its pod (50051, the headless Service's target)
 #   COMPACTION_ADDRESS   the job's compaction.service.address (dns:///streamlet-compaction:50051)
 #   COMPACTION_ROOTS     DFS roots the service may touch (s3://streamlet/streamlet/jobs: the
@@ -24,7 +27,7 @@
 #   WAIT_SECONDS         how long each wait may take (300)
 #   STREAMLET            the streamlet command (streamlet)
 #
-# Prints `compactor job ID serving at ENDPOINTS` per service, `example job ID`, and finally
+# Prints `compactor job ID serving at ENDPOINTS` (comma-separated), `example job ID`, and finally
 # `example job ID: N remote compactions, M local`; exits non-zero if a step fails or times out.
 set -euo pipefail
 
@@ -33,6 +36,7 @@ set -euo pipefail
 : "${STREAMLET_JOBMANAGER:?set STREAMLET_JOBMANAGER to the REST URL of the streamlet cluster}"
 : "${STREAMLET_TOKEN:?set STREAMLET_TOKEN to the token of the streamlet cluster}"
 COMPACTORS=${COMPACTORS:-1}
+COMPACTOR_LABEL=${COMPACTOR_LABEL:-compactor}
 COMPACTION_PORT=${COMPACTION_PORT:-50051}
 COMPACTION_ADDRESS=${COMPACTION_ADDRESS:-dns:///streamlet-compaction:50051}
 COMPACTION_ROOTS=${COMPACTION_ROOTS:-s3://streamlet/streamlet/jobs}
@@ -54,14 +58,16 @@ on_streamlet() {
     STREAMLET_CLUSTER_TOKEN="$STREAMLET_TOKEN" "$STREAMLET" "$1" --jobmanager "$STREAMLET_JOBMANAGER" "${@:2}"
 }
 
-# `wait_running ID`: wait until the compactor job runs and has registered its endpoints; print them.
+# `wait_running ID`: wait until the compactor job runs and has registered COMPACTORS endpoints;
+# print them.
 wait_running() {
-    local id=$1 deadline=$((SECONDS + WAIT_SECONDS)) line status endpoints
+    local id=$1 deadline=$((SECONDS + WAIT_SECONDS)) line status endpoints count
     while true; do
         line=$(on_compactor list | awk -v id="$id" '$1 == id')
         status=$(awk '{print $3}' <<<"$line")
         endpoints=$(awk '{print $NF}' <<<"$line")
-        if [[ "$status" == RUNNING && -n "$endpoints" && "$endpoints" != - ]]; then
+        count=$(tr ',' '\n' <<<"$endpoints" | grep -c ':' || true)
+        if [[ "$status" == RUNNING ]] && ((count >= COMPACTORS)); then
             echo "$endpoints"
             return 0
         fi
@@ -85,18 +91,20 @@ metric() {
     echo "${value:-0}"
 }
 
-echo "== submitting $COMPACTORS compaction service job(s) to $COMPACTOR_JOBMANAGER"
-compactor_jobs=()
-for ((i = 0; i < COMPACTORS; i++)); do
-    compactor_jobs+=("$(on_compactor submit compaction_service -p 1 \
+compactor_job=$(on_compactor list | awk '$2 == "compaction-service" && $3 !~ /^(CANCELED|FAILED|FINISHED)$/ {print $1; exit}')
+if [[ -n "$compactor_job" ]]; then
+    echo "== the compactor cluster runs the compaction service already: job $compactor_job"
+else
+    echo "== submitting the compaction service to every '$COMPACTOR_LABEL' task manager of $COMPACTOR_JOBMANAGER"
+    compactor_job=$(on_compactor submit compaction_service \
+        -D "placement.per-taskmanager=true" \
+        -D "placement.taskmanager-label=$COMPACTOR_LABEL" \
         -D "compaction.service.port=$COMPACTION_PORT" \
         -D "compaction.service.workers=$COMPACTION_WORKERS" \
-        -D "compaction.service.allowed-roots=$COMPACTION_ROOTS" \
-        -D "checkpoint.interval=0")")
-done
-for id in "${compactor_jobs[@]}"; do
-    echo "compactor job $id serving at $(wait_running "$id")"
-done
+        -D "compaction.service.allowed-roots=$COMPACTION_ROOTS")
+fi
+endpoints=$(wait_running "$compactor_job")  # exits (set -e) if it does not serve in time
+echo "compactor job $compactor_job serving at $endpoints"
 
 echo "== submitting $EXAMPLE_JOB to $STREAMLET_JOBMANAGER (compaction.service.address=$COMPACTION_ADDRESS)"
 job=$(on_streamlet submit "$EXAMPLE_JOB" -p "$EXAMPLE_PARALLELISM" \

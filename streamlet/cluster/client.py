@@ -124,13 +124,18 @@ class JobManagerClient:
     async def register(self, registration: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", "/api/v1/taskmanagers", registration)
 
-    async def heartbeat(self, tm_id: str, reports: list[dict]) -> dict[str, Any] | None:
+    async def heartbeat(
+        self, tm_id: str, reports: list[dict], draining: bool = False
+    ) -> dict[str, Any] | None:
         """The answer, or None if the job manager does not know this task manager."""
+        body = {"deployments": reports, "draining": draining}
         try:
-            return await self._call(
-                "POST", f"/api/v1/taskmanagers/{tm_id}/heartbeat", {"deployments": reports}
-            )
+            return await self._call("POST", f"/api/v1/taskmanagers/{tm_id}/heartbeat", body)
         except ClusterError as e:
             if e.status == 404:
                 return None
             raise
+
+    async def deregister(self, tm_id: str, timeout_s: float) -> None:
+        """Tell the job manager this task manager leaves (its jobs fail over at once)."""
+        await self._call("DELETE", f"/api/v1/taskmanagers/{tm_id}", timeout_s=timeout_s)

@@ -50,20 +50,38 @@ def configure_logging() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-async def _until_signalled(work: Callable[[], Awaitable[None]]) -> None:
-    """Run `work()` until SIGTERM or SIGINT."""
+async def _until_signalled(
+    work: Callable[[], Awaitable[None]], drain: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Run `work()` until SIGTERM or SIGINT. With `drain`, the first signal runs `drain()` before
+    `work()` is stopped, and a second signal stops it at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     task = asyncio.create_task(work())
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
-    for pending in (task, stopping):
-        pending.cancel()
-    await asyncio.gather(task, stopping, return_exceptions=True)
+    await _first_of(task, stop.wait())
+    if drain is not None and not task.done():
+        stop.clear()
+        draining = asyncio.create_task(drain())
+        await _first_of(task, draining, stop.wait())
+        if not draining.done():
+            log.warning("stopping without waiting for the drain to end")
+        draining.cancel()
+        await asyncio.gather(draining, return_exceptions=True)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     if task.done() and not task.cancelled() and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
+
+
+async def _first_of(*awaitables: Awaitable[Any]) -> None:
+    """Wait until one of `awaitables` is done; cancel the others that this call made tasks of."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task, awaitable in zip(tasks, awaitables, strict=True):
+        if task is not awaitable:
+            task.cancel()
 
 
 def jobmanager(config: Configuration, host: str | None, port: int) -> int:
@@ -95,14 +113,19 @@ def jobmanager(config: Configuration, host: str | None, port: int) -> int:
     return 0
 
 
-def taskmanager(config: Configuration, slots: int | None, port: int = 0) -> int:
+def taskmanager(
+    config: Configuration, slots: int | None, port: int = 0, labels: list[str] | None = None
+) -> int:
+    """Run a task manager until a signal: the first drains it (see `TaskManager.drain`), a
+    second one stops it at once."""
     configure_logging()
     try:
         require_token(config.get("cluster.token"))
-    except MissingToken as e:
+        manager = TaskManager(config, slots, port, labels)
+    except (MissingToken, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    asyncio.run(_until_signalled(TaskManager(config, slots, port).run))
+    asyncio.run(_until_signalled(manager.run, manager.drain))
     return 0
 
 

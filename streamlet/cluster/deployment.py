@@ -5,7 +5,8 @@ runs it with the job's configuration, restoring the job's latest checkpoint (a r
 a failover continues exactly there): with `execute_job` when it has all the job's slots, as a
 `DistributedExecution` over its slots when the job spans several task managers. Around the run
 it sets the context the job's code sees: where `RuntimeContext.register_endpoint` reports to,
-and the endpoint directory `job:<name>` compaction addresses resolve against.
+where `RuntimeContext.on_drain` handlers go, and the endpoint directory `job:<name>` compaction
+addresses resolve against.
 
 A job submitted from a savepoint or checkpoint (`restore_from`) restores it while the job has no
 checkpoint of its own; once it has one (a later attempt), it restores its latest checkpoint.
@@ -16,6 +17,11 @@ write anything more). `request_savepoint()` carries out a savepoint request of t
 (this deployment leads the job: it runs slot 0) through the job's `JobControl`; its outcome (the
 savepoint's directory or the error) goes up with every report. A request that stops the job ends
 it as a cancellation does (CANCELED), with the savepoint as its final checkpoint.
+
+A task manager's drain (SIGTERM) has two parts here: `withdraw()` stops advertising the endpoints
+the job registered (the next report lists none, also of endpoints registered later), and
+`drain(grace_s)` runs the job's drain handlers, which stop taking work and finish what they run
+within the grace; the task manager aborts the deployment afterwards.
 """
 
 import asyncio
@@ -34,7 +40,7 @@ from streamlet.cluster.model import Artifact, DeploymentStatus
 from streamlet.config import Configuration
 from streamlet.errors import SavepointError
 from streamlet.executor import execute_job
-from streamlet.functions import endpoint_registry
+from streamlet.functions import DrainHandler, drain_registry, endpoint_registry
 from streamlet.metrics import JobMetrics
 from streamlet.savepoints import JobControl
 
@@ -66,6 +72,8 @@ class Deployment:
         self.status = DeploymentStatus.STARTING
         self.error: str | None = None
         self.endpoints: list[str] = []
+        self.drain_handlers: list[DrainHandler] = []
+        self._draining = False
         self.metrics = JobMetrics()
         self.control = JobControl()
         self.savepoints: dict[str, dict[str, str] | None] = {}  # request id -> outcome
@@ -107,12 +115,45 @@ class Deployment:
             log.warning("aborting deployment %s (%s)", self.id, self.name)
             self._task.cancel()
 
+    def withdraw(self) -> None:
+        """Stop advertising the job's endpoints (the next report lists none)."""
+        self._draining = True
+        self.endpoints.clear()
+
+    async def drain(self, grace_s: float) -> None:
+        """Run the job's drain handlers (each finishes within `grace_s`)."""
+        if self.status.terminal or not self.drain_handlers:
+            return
+        log.info(
+            "draining deployment %s (%s): %d handler(s), grace %.1f s",
+            self.id,
+            self.name,
+            len(self.drain_handlers),
+            grace_s,
+        )
+        outcomes = await asyncio.gather(
+            *(handler(grace_s) for handler in self.drain_handlers), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                log.warning("a drain handler of deployment %s failed: %r", self.id, outcome)
+
+    async def ended(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until the deployment's run has ended."""
+        if self._task is not None and not self._task.done():
+            await asyncio.wait([self._task], timeout=timeout_s)
+
+    def _register_endpoint(self, address: str) -> None:
+        if not self._draining:  # a draining task manager advertises nothing new
+            self.endpoints.append(address)
+
     async def _run(self) -> None:
         try:
             data = None
             if self.artifact.file_name is not None:
                 data = await self.client.file(self.job_id, self.artifact.file_name)
-            endpoint_registry.set(self.endpoints.append)
+            endpoint_registry.set(self._register_endpoint)
+            drain_registry.set(self.drain_handlers.append)
             lookup_context.set(self.directory)  # also seen by module-level code (to_thread)
             job = await asyncio.to_thread(artifacts.load, self.artifact, data, self.workdir)
             config = Configuration(self.config)

@@ -13,7 +13,10 @@ the HA store before the REST call or heartbeat that caused it is answered.
   manager carries out (`savepoint_requests`); a stop with a savepoint leaves the job RUNNING until
   its deployments end (CANCELED), and one that fails leaves it running.
 - Scheduling: a waiting job is deployed to the slots `scheduler.place` picks among the task
-  managers that sent a heartbeat lately; they learn it from their next heartbeat's answers.
+  managers that sent a heartbeat lately, are not draining and carry the job's label (if it asks
+  for one); they learn it from their next heartbeat's answers. A per-task-manager job
+  (`instances`) gets an instance on every such task manager that has none, before waiting jobs
+  take the free slots.
 - Heartbeats carry each deployment's status, metrics, latest checkpoint and endpoints; answers
   carry deployments to start, to cancel (after a final checkpoint: the job was cancelled), to
   abort (at once: a stale attempt, the job runs elsewhere now) and to forget.
@@ -25,6 +28,8 @@ the HA store before the REST call or heartbeat that caused it is answered.
 - Recovery: a restarted job manager reloads the jobs from the HA store; a job's task manager
   re-registers with the deployments it still runs, which are adopted; a job whose task manager
   does not come back within the heartbeat timeout is redeployed from its latest checkpoint.
+- Leaving: a draining task manager (SIGTERM) says so in its heartbeats and gets no new work; when
+  it deregisters, its jobs fail over at once (a per-task-manager job just loses that instance).
 """
 
 import asyncio
@@ -37,7 +42,7 @@ from typing import Any
 
 from statebackend import StateError
 from streamlet.checkpoint import CheckpointStorage, read_metadata, restored_states
-from streamlet.cluster import artifacts, scheduler
+from streamlet.cluster import artifacts, instances, scheduler
 from streamlet.cluster.ha import HaStore
 from streamlet.cluster.model import (
     Artifact,
@@ -45,6 +50,7 @@ from streamlet.cluster.model import (
     JobRecord,
     JobStatus,
     TaskManagerInfo,
+    sum_metrics,
 )
 from streamlet.cluster.savepoint_requests import SavepointRequests
 from streamlet.config import ConfigError, Configuration
@@ -91,7 +97,7 @@ class JobManager:
     async def recover(self) -> None:
         """Reload the jobs of a previous incarnation from the HA store."""
         for record in await asyncio.to_thread(self.ha.load_all):
-            if not record.status.terminal:
+            if not record.status.terminal and not record.per_task_manager:
                 if record.placement and record.status is not JobStatus.CANCELLING:
                     record.status = JobStatus.RECOVERING
                 elif record.status not in WAITING:
@@ -117,12 +123,24 @@ class JobManager:
                 )
                 del self.task_managers[tm.id]
         if now - self.started > self.timeout_s:
-            for job in self.jobs.values():
-                if job.status in ACTIVE and any(
-                    tm not in self.task_managers for tm in job.task_managers
-                ):
-                    await self._fail_over(job, "a task manager of the job was lost")
+            await self._handle_missing_task_managers()
         await self._schedule()
+
+    async def _handle_missing_task_managers(self, only: str | None = None) -> None:
+        """Fail over the jobs that ran on a task manager that is gone (or only on `only`); a
+        per-task-manager job just loses the instances that ran there."""
+        for job in list(self.jobs.values()):
+            gone = [
+                tm
+                for tm in (job.instances if job.per_task_manager else job.task_managers)
+                if tm not in self.task_managers and only in (None, tm)
+            ]
+            if not gone or job.status.terminal:
+                continue
+            if job.per_task_manager:
+                await self._drop_instances(job, gone, "its task manager left")
+            elif job.status in ACTIVE:
+                await self._fail_over(job, "a task manager of the job was lost")
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -149,11 +167,28 @@ class JobManager:
             parsed = Configuration(config)
         except ConfigError as e:
             raise SubmissionError(str(e)) from e
+        per_task_manager = parsed.get("placement.per-taskmanager")
+        if per_task_manager:
+            try:
+                instances.check_submission(parallelism, restore_from)
+            except ValueError as e:
+                raise SubmissionError(str(e)) from None
+            config.setdefault("checkpoint.interval", 0)
+            parallelism = 1
         parallelism = parallelism or parsed.get("parallelism.default")
         name = await asyncio.to_thread(
             self._validate, artifact, data, parallelism, parsed, restore_from
         )
-        record = JobRecord(job_id, name, artifact, parallelism, config, restore_from=restore_from)
+        record = JobRecord(
+            job_id,
+            name,
+            artifact,
+            parallelism,
+            config,
+            restore_from=restore_from,
+            per_task_manager=per_task_manager,
+            label=parsed.get("placement.taskmanager-label"),
+        )
         if data is not None:
             await asyncio.to_thread(self.ha.write_file, job_id, artifact.file_name, data)
         self.jobs[job_id] = record
@@ -197,7 +232,11 @@ class JobManager:
 
     async def cancel(self, job_id: str) -> JobRecord:
         job = self.job(job_id)
-        if job.status in WAITING or job.status is JobStatus.RECOVERING:
+        if job.per_task_manager:
+            if not job.status.terminal:
+                job.status = JobStatus.CANCELLING
+                instances.refresh(job)
+        elif job.status in WAITING or job.status is JobStatus.RECOVERING:
             job.status, job.placement = JobStatus.CANCELED, []
         elif not job.status.terminal:
             job.status = JobStatus.CANCELLING
@@ -238,6 +277,11 @@ class JobManager:
             raise JobNotRunning(
                 f"job {job_id} is {job.status}: only a running job takes savepoints"
             )
+        if job.per_task_manager:
+            raise JobNotRunning(
+                f"job {job_id} runs an instance on every task manager "
+                "(placement.per-taskmanager): it takes no savepoints"
+            )
         if stop and self.savepoint_requests.stopping(job_id):
             raise JobNotRunning(f"job {job_id} is already stopping with a savepoint")
         request = self.savepoint_requests.add(job_id, url, format, stop)
@@ -275,23 +319,49 @@ class JobManager:
         self.task_managers[tm_id] = tm
         log.info("task manager %s registered from %s with %d slots", tm_id, tm.host, tm.slots)
         reported = {report["deployment_id"] for report in reports}
-        for job in self.jobs.values():
-            if (
+        for job in list(self.jobs.values()):
+            if job.per_task_manager:
+                instance = job.instances.get(tm_id)
+                if (
+                    instance is not None
+                    and instance.live
+                    and not job.status.terminal
+                    and instance.deployment_id not in reported
+                ):
+                    await self._drop_instances(job, [tm_id], "its task manager no longer runs it")
+            elif (
                 tm_id in job.placement
                 and job.status in (JobStatus.RUNNING, JobStatus.RECOVERING, JobStatus.CANCELLING)
                 and job.deployment_id not in reported
             ):
                 await self._fail_over(job, "its task manager no longer runs it")
-        answer = await self.heartbeat(tm_id, reports)
+        answer = await self.heartbeat(tm_id, reports, tm.draining)
         assert answer is not None  # it is registered now
         return answer
 
-    async def heartbeat(self, tm_id: str, reports: list[dict]) -> dict[str, Any] | None:
-        """Take a task manager's report; None if it is unknown (it must register again)."""
+    async def deregister(self, tm_id: str) -> bool:
+        """A task manager leaves (it drained): its jobs fail over now, not after the heartbeat
+        timeout. False if it is unknown."""
+        tm = self.task_managers.pop(tm_id, None)
+        if tm is None:
+            return False
+        log.info("task manager %s (%s) left", tm_id, tm.host)
+        await self._handle_missing_task_managers(only=tm_id)
+        await self._schedule()
+        return True
+
+    async def heartbeat(
+        self, tm_id: str, reports: list[dict], draining: bool = False
+    ) -> dict[str, Any] | None:
+        """Take a task manager's report; None if it is unknown (it must register again). A
+        draining task manager gets no new work."""
         tm = self.task_managers.get(tm_id)
         if tm is None:
             return None
         tm.last_heartbeat = time.monotonic()
+        if draining and not tm.draining:
+            log.info("task manager %s (%s) is draining: no new work for it", tm_id, tm.host)
+            tm.draining = True
         cancel: list[str] = []
         abort: list[str] = []
         release: list[str] = []
@@ -299,10 +369,13 @@ class JobManager:
             deployment_id = report["deployment_id"]
             status = DeploymentStatus(report["status"])
             job = self.jobs.get(report["job_id"])
-            if job is None or job.deployment_id != deployment_id or tm_id not in job.placement:
+            if job is None or job.deployment_on(tm_id) != deployment_id:
                 (release if status.terminal else abort).append(deployment_id)
                 continue
-            await self._update(job, tm_id, status, report)
+            if job.per_task_manager:
+                await self._update_instance(job, tm_id, status, report)
+            else:
+                await self._update(job, tm_id, status, report)
             if status.terminal:
                 release.append(deployment_id)
             elif job.status is JobStatus.CANCELLING:
@@ -312,10 +385,7 @@ class JobManager:
         deploy = [
             self._descriptor(job, tm_id)
             for job in self.jobs.values()
-            if tm_id in job.placement
-            and job.status is JobStatus.DEPLOYING
-            and tm_id not in job.reported
-            and job.deployment_id not in reported
+            if self._to_deploy(job, tm_id) and job.deployment_on(tm_id) not in reported
         ]
         directory: dict[str, list[str]] = {}
         for job in self.jobs.values():
@@ -345,7 +415,7 @@ class JobManager:
         job.reported[tm_id] = str(status)
         self._deployment_metrics.setdefault(job.id, {})[tm_id] = report.get("metrics", {})
         self._deployment_endpoints.setdefault(job.id, {})[tm_id] = report.get("endpoints", [])
-        job.metrics = _sum_metrics(
+        job.metrics = sum_metrics(
             [job.previous_metrics, *self._deployment_metrics[job.id].values()]
         )
         job.endpoints = [e for ends in self._deployment_endpoints[job.id].values() for e in ends]
@@ -370,6 +440,43 @@ class JobManager:
         if after != before:
             await self._save(job)
 
+    async def _update_instance(
+        self, job: JobRecord, tm_id: str, status: DeploymentStatus, report: dict
+    ) -> None:
+        """Apply a report about the instance of a per-task-manager job on `tm_id`."""
+        before = job.status
+        metrics = self._deployment_metrics.setdefault(job.id, {})
+        if instances.apply_report(job, tm_id, status, report, metrics):
+            if status is DeploymentStatus.FAILED:
+                log.warning("job %s (%s): %s", job.id, job.name, job.error)
+            if job.status.terminal and before is not job.status:
+                log.info("job %s (%s) %s", job.id, job.name, job.status)
+            await self._save(job)
+
+    async def _drop_instances(self, job: JobRecord, tm_ids: list[str], reason: str) -> None:
+        """Forget the instances of a per-task-manager job on `tm_ids`."""
+        for tm_id in tm_ids:
+            log.info(
+                "job %s (%s): instance %s on task manager %s ends: %s",
+                job.id,
+                job.name,
+                job.instances[tm_id].deployment_id,
+                tm_id,
+                reason,
+            )
+        instances.drop(job, tm_ids, self._deployment_metrics.get(job.id, {}))
+        await self._save(job)
+
+    def _to_deploy(self, job: JobRecord, tm_id: str) -> bool:
+        """Whether `tm_id` should start its deployment of the job (until it reports it)."""
+        if job.per_task_manager:
+            return instances.to_deploy(job, tm_id)
+        return (
+            tm_id in job.placement
+            and job.status is JobStatus.DEPLOYING
+            and tm_id not in job.reported
+        )
+
     async def _on_failure(self, job: JobRecord, error: str) -> None:
         """A deployment failed: restart a distributed job (a lost peer, or within
         `restart.attempts`; a single-process deployment already used them), else fail it."""
@@ -387,7 +494,11 @@ class JobManager:
         log.info("job %s (%s) FAILED: %s", job.id, job.name, error)
 
     def _descriptor(self, job: JobRecord, tm_id: str) -> dict[str, Any]:
-        """What task manager `tm_id` needs to run its slots of the job's current attempt."""
+        """What task manager `tm_id` needs to run its slots of the job's current attempt (or
+        its instance of a per-task-manager job)."""
+        if job.per_task_manager:
+            tm = self.task_managers.get(tm_id)
+            return instances.descriptor(job, tm_id, tm.exchange_address if tm else "")
         addresses = [
             tm.exchange_address if (tm := self.task_managers.get(t)) else "" for t in job.placement
         ]
@@ -430,16 +541,32 @@ class JobManager:
 
     async def _schedule(self) -> None:
         used = self.used_slots()
-        waiting = sorted(
-            (job for job in self.jobs.values() if job.status in WAITING),
-            key=lambda job: job.submitted_ms,
-        )
+        jobs = sorted(self.jobs.values(), key=lambda job: job.submitted_ms)
         now = time.monotonic()
         alive = [
-            tm for tm in self.task_managers.values() if now - tm.last_heartbeat <= self.fresh_s
+            tm
+            for tm in self.task_managers.values()
+            if now - tm.last_heartbeat <= self.fresh_s and not tm.draining
         ]
-        for job in waiting:
-            placement = scheduler.place(job.parallelism, alive, used)
+        for job in jobs:
+            ending = job.status.terminal or job.status is JobStatus.CANCELLING
+            if not job.per_task_manager or ending:
+                continue
+            placed = instances.place_instances(job, alive, used)
+            if placed:
+                instances.refresh(job)
+                log.info(
+                    "job %s (%s): new instances on task managers %s",
+                    job.id,
+                    job.name,
+                    ", ".join(placed),
+                )
+                await self._save(job)
+        for job in jobs:
+            if job.per_task_manager or job.status not in WAITING:
+                continue
+            candidates = [tm for tm in alive if scheduler.matches(tm, job.label)]
+            placement = scheduler.place(job.parallelism, candidates, used)
             if placement is None:
                 continue
             job.attempt += 1
@@ -459,17 +586,3 @@ class JobManager:
     async def _save(self, job: JobRecord) -> None:
         async with self._save_lock:
             await asyncio.to_thread(self.ha.save, job)
-
-
-def _sum_metrics(parts: Any) -> dict[str, Any]:
-    """A job's metrics: the sum over its deployments, and the totals of its earlier attempts
-    (the latest checkpoint: the highest)."""
-    total: dict[str, Any] = {}
-    for metrics in parts:
-        for key, value in metrics.items():
-            if key == "last_checkpoint_id":
-                if value is not None:
-                    total[key] = max(value, total.get(key) or 0)
-            elif isinstance(value, int | float):
-                total[key] = total.get(key, 0) + value
-    return total

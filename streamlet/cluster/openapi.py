@@ -208,7 +208,11 @@ DOCUMENT: dict[str, Any] = {
                                     "deployments": {
                                         "type": "array",
                                         "items": _ref("DeploymentReport"),
-                                    }
+                                    },
+                                    "draining": {
+                                        "type": "boolean",
+                                        "description": "it received SIGTERM: no new work",
+                                    },
                                 },
                             }
                         }
@@ -217,6 +221,19 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "200": _json(_ref("HeartbeatAnswer"), "what to start, cancel and forget"),
                     "404": _json(_ref("Error"), "unknown task manager: register again"),
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/v1/taskmanagers/{tm_id}": {
+            "delete": {
+                "summary": "A task manager leaves (it drained): its jobs fail over at once",
+                "parameters": [
+                    {"name": "tm_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "it is forgotten"},
+                    "404": _json(_ref("Error"), "unknown task manager"),
                     **ERRORS,
                 },
             }
@@ -298,6 +315,11 @@ DOCUMENT: dict[str, Any] = {
                     "latest_checkpoint": {"type": ["integer", "null"]},
                     "endpoints": {"type": "array", "items": {"type": "string"}},
                     "failovers": {"type": "integer"},
+                    "per_task_manager": {
+                        "type": "boolean",
+                        "description": "an instance on every matching task manager",
+                    },
+                    "label": {"type": "string", "description": "task managers it runs on"},
                 },
             },
             "JobStatus": {
@@ -308,6 +330,21 @@ DOCUMENT: dict[str, Any] = {
                     "attempt": {"type": "integer"},
                     "submitted_ms": {"type": "integer"},
                     "config": {"type": "object"},
+                    "instances": {
+                        "type": "array",
+                        "items": _ref("Instance"),
+                        "description": "a per-task-manager job's instances",
+                    },
+                },
+            },
+            "Instance": {
+                "type": "object",
+                "properties": {
+                    "task_manager": {"type": "string"},
+                    "deployment_id": {"type": "string"},
+                    "status": {"enum": ["STARTING", "RUNNING", "FINISHED", "FAILED", "CANCELED"]},
+                    "endpoints": {"type": "array", "items": {"type": "string"}},
+                    "error": {"type": ["string", "null"]},
                 },
             },
             "Checkpoints": {
@@ -367,6 +404,12 @@ DOCUMENT: dict[str, Any] = {
                     "slots": {"type": "integer"},
                     "exchange_address": {"type": "string", "description": "host:port for data"},
                     "metrics_url": {"type": "string"},
+                    "labels": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "what placement.taskmanager-label selects",
+                    },
+                    "draining": {"type": "boolean"},
                     "deployments": {"type": "array", "items": _ref("DeploymentReport")},
                 },
             },

@@ -5,12 +5,14 @@ Handlers translate between JSON and `JobManager` calls: bad input is a 400 with
 an unknown job or task manager a 404, a savepoint or stop of a job that is not running a 409,
 a savepoint that failed a 500 that says why; the token check is the `auth` middleware in front of
 every route except the dashboard's static files (`/dashboard/`), which call the API with the
-token the user gives them.
+token the user gives them. A task manager's registration and heartbeats carry its labels and
+whether it drains; a drained one deregisters (`DELETE /api/v1/taskmanagers/{id}`).
 """
 
 import base64
 import binascii
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,7 @@ async def job_status(request: web.Request) -> web.Response:
             "attempt": job.attempt,
             "submitted_ms": job.submitted_ms,
             "config": job.config,
+            "instances": [asdict(instance) for instance in job.instances.values()],
         }
     )
 
@@ -221,6 +224,22 @@ def _reports(body: dict[str, Any]) -> list[dict]:
     return reports
 
 
+def _draining(body: dict[str, Any]) -> bool:
+    draining = body.get("draining", False)
+    if not isinstance(draining, bool):
+        raise _error(web.HTTPBadRequest, "draining must be true or false")
+    return draining
+
+
+def _labels(body: dict[str, Any]) -> list[str]:
+    labels = body.get("labels", [])
+    if not isinstance(labels, list) or not all(
+        isinstance(label, str) and label and "," not in label for label in labels
+    ):
+        raise _error(web.HTTPBadRequest, "labels must be a list of non-empty strings without ','")
+    return labels
+
+
 async def register_task_manager(request: web.Request) -> web.Response:
     body = await _json_body(request)
     try:
@@ -230,6 +249,8 @@ async def register_task_manager(request: web.Request) -> web.Response:
             slots=int(body["slots"]),
             metrics_url=body.get("metrics_url"),
             exchange_address=str(body["exchange_address"]),
+            labels=_labels(body),
+            draining=_draining(body),
         )
     except (KeyError, ValueError, TypeError):
         raise _error(
@@ -240,10 +261,18 @@ async def register_task_manager(request: web.Request) -> web.Response:
 
 async def heartbeat(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    answer = await _manager(request).heartbeat(request.match_info["tm_id"], _reports(body))
+    answer = await _manager(request).heartbeat(
+        request.match_info["tm_id"], _reports(body), _draining(body)
+    )
     if answer is None:
         raise _error(web.HTTPNotFound, "unknown task manager: register again")
     return web.json_response(answer)
+
+
+async def deregister_task_manager(request: web.Request) -> web.Response:
+    if not await _manager(request).deregister(request.match_info["tm_id"]):
+        raise _error(web.HTTPNotFound, f"no task manager {request.match_info['tm_id']}")
+    return web.json_response({"id": request.match_info["tm_id"]})
 
 
 async def dashboard(request: web.Request) -> web.FileResponse:
@@ -281,6 +310,7 @@ def create_app(manager: JobManager, token: str) -> web.Application:
     app.router.add_get(f"{api}/taskmanagers", list_task_managers)
     app.router.add_post(f"{api}/taskmanagers", register_task_manager)
     app.router.add_post(f"{api}/taskmanagers/{{tm_id}}/heartbeat", heartbeat)
+    app.router.add_delete(f"{api}/taskmanagers/{{tm_id}}", deregister_task_manager)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", root)
     app.router.add_get("/dashboard/", dashboard)

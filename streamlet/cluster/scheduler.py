@@ -4,12 +4,18 @@ operator of the job, as slot sharing does in Flink).
 A job goes to one task manager if one has the slots (no network between its subtasks): the one
 with the most free slots that fit, spreading jobs so that losing a task manager affects few. Ties
 go to the longest-registered one, so placement is deterministic. Otherwise its slots are spread
-over the task managers with the most free slots, fewest task managers first.
+over the task managers with the most free slots, fewest task managers first. A job that asks for
+a label (`placement.taskmanager-label`) goes only to task managers that carry it (`matches`).
 """
 
 from collections.abc import Iterable
 
 from streamlet.cluster.model import TaskManagerInfo
+
+
+def matches(tm: TaskManagerInfo, label: str) -> bool:
+    """Whether task manager `tm` may run a job that asks for `label` ("": any task manager)."""
+    return not label or label in tm.labels
 
 
 def place(

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +67,16 @@ class Cluster:
             self.jobmanager.wait_for_output("job manager listening on")
         return self.jobmanager
 
-    def start_taskmanager(self, slots: int = 2) -> str:
+    def start_taskmanager(
+        self, slots: int = 2, labels: Sequence[str] = (), **env: str
+    ) -> str:
+        """Start a task manager (with `--label` per label, `env` over the cluster's); its id."""
+        label_args = [arg for label in labels for arg in ("--label", label)]
         process = self.runner.python(
             module="streamlet.cli",
-            args=["taskmanager", "--slots", str(slots)],
+            args=["taskmanager", "--slots", str(slots), *label_args],
             name="taskmanager",
-            env=self.env(),
+            env={**self.env(), **env},
         )
         match = REGISTERED.search(process.wait_for_output(REGISTERED))
         assert match is not None

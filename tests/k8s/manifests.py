@@ -1,8 +1,9 @@
 """k8s/ read the way Kubernetes reads it, and its containers launched as local processes.
 
 `Manifests.load(root)` follows `kustomization.yaml` (its resources and components) and returns the
-objects `kubectl apply -k` would create. `LocalPods` turns a workload's container into a local
-process with exactly what the manifests give it:
+objects `kubectl apply -k` would create; `components=` adds optional components (as a user adds
+them to `components:`), e.g. `OPTIONAL_COMPONENTS`. `LocalPods` turns a workload's container
+into a local process with exactly what the manifests give it:
 
 - command and args, with Kubernetes' `$(VAR)` expansion;
 - the environment: `value`, `valueFrom` (ConfigMap and Secret keys, `status.podIP`,
@@ -57,6 +58,8 @@ IMAGE_WORKDIR = "/home/streamlet"
 """The Dockerfile's final WORKDIR: the containers' working directory."""
 KNOWN_ENV_VARS = {option.env_var for option in OPTIONS}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
+OPTIONAL_COMPONENTS = ("components/autoscaling",)
+"""Components k8s/ ships that its kustomization leaves out (docs/kubernetes.md)."""
 
 
 class LaunchError(RuntimeError):
@@ -80,8 +83,9 @@ class Manifests:
     files: list[Path]
 
     @classmethod
-    def load(cls, root: Path = K8S_DIR) -> Manifests:
+    def load(cls, root: Path = K8S_DIR, components: tuple[str, ...] = ()) -> Manifests:
         kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
+        kustomization["components"] = [*kustomization.get("components", []), *components]
         objects: list[dict[str, Any]] = []
         files: list[Path] = []
         cls._collect(root, kustomization, objects, files)

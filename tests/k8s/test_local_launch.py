@@ -5,8 +5,11 @@ the command, environment and mounted configuration the Deployments, ConfigMaps a
 them (`tests.k8s.manifests`: Service names on loopback, free ports, the demo's S3 store replaced by
 a moto server). Then k8s/scripts/submit_compaction_example.sh, the submit steps of
 run_compaction_example.sh, runs against the two job managers with its own defaults (the
-compaction address through the same Service-to-loopback mapping), and the compaction service's log
-and the job's status show remote compactions. One replica of each Deployment is launched: the
+compaction address through the same Service-to-loopback mapping): it submits the compaction
+service once, in the per-task-manager mode, and the compactor pod (labelled by its Deployment)
+runs it by itself. The compaction service's log and the job's status show remote compactions,
+and the compactor pod's /metrics the gauge the HorizontalPodAutoscaler of the autoscaling
+component targets. One replica of each Deployment is launched: the
 replicas are identical, and on one host they could not share the compaction service's port.
 
 Mutations of the manifests (a command, a configuration key, an environment variable, a Secret
@@ -21,8 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.harness import fetch
 from tests.k8s.manifests import (
     K8S_DIR,
+    OPTIONAL_COMPONENTS,
     LaunchError,
     LocalPods,
     LoopbackNetwork,
@@ -124,6 +129,13 @@ def test_the_manifests_run_the_remote_compaction_example(
         compactor_tm.process.wait_for_output(
             "perform compaction on compaction-service side", timeout=10
         )
+        hpa = Manifests.load(components=OPTIONAL_COMPONENTS).get(
+            "HorizontalPodAutoscaler", "compactor-taskmanager"
+        )
+        gauge = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+        metrics_url = f"http://127.0.0.1:{compactor_tm.local_port('health')}/metrics"
+        status, metrics = fetch("GET", metrics_url, token=tokens["compactor"])
+        assert status == 200 and re.search(rf"^{gauge}\{{endpoint=", metrics, re.M), metrics
         streamlet_tm.process.wait_for_output("invokeCompactionService", timeout=10)
         status = subprocess.run(
             [

@@ -6,6 +6,9 @@ ships and an older one still in support. Consistency: the kustomization names ev
 every ConfigMap, Secret, volume, port and Service selector a workload or Service refers to exists;
 our images are the placeholder `streamlet` that kustomize's `images:` pins; every container has
 resource requests and limits; the ConfigMaps' streamlet configuration loads without an unknown key.
+The optional autoscaling component (an HPA on the autoscaling gauge, its Prometheus adapter rule,
+a PodDisruptionBudget, a NetworkPolicy) fits the compactor task managers, which run in the
+per-task-manager mode with a termination grace above their drain grace.
 """
 
 import re
@@ -17,10 +20,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from streamlet.cluster.taskmanager import drain_exit_bound_s
 from streamlet.config import Configuration
 from tests.k8s.manifests import (
     IMAGE,
     K8S_DIR,
+    OPTIONAL_COMPONENTS,
     Manifests,
     container_port,
     documents,
@@ -31,6 +36,9 @@ from tests.support.processes import REPO_ROOT
 
 KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 MANIFESTS = Manifests.load()
+EVERYTHING = Manifests.load(components=OPTIONAL_COMPONENTS)
+SUBMIT_SCRIPT = K8S_DIR / "scripts" / "submit_compaction_example.sh"
+GAUGE = "streamlet_compaction_service_load"  # docs/metrics.md: the autoscaling gauge
 
 
 def _name(path: Path, doc: dict[str, Any]) -> str:
@@ -60,19 +68,20 @@ def test_the_schema_check_rejects_an_unknown_field() -> None:
 
 
 def test_the_kustomization_deploys_every_manifest_once() -> None:
-    listed = sorted(MANIFESTS.files)
+    listed = sorted(EVERYTHING.files)
     on_disk = sorted(
         path.resolve() for path in K8S_DIR.rglob("*.yaml") if path.name != "kustomization.yaml"
     )
     assert listed == on_disk
-    keys = [(obj["kind"], obj["metadata"]["name"]) for obj in MANIFESTS.objects]
+    keys = [(obj["kind"], obj["metadata"]["name"]) for obj in EVERYTHING.objects]
     assert len(keys) == len(set(keys)), keys
     assert MANIFESTS.namespace == "streamlet"
     assert ("Namespace", "streamlet") in keys
     components = MANIFESTS.kustomization["components"]
     assert components == ["components/demo"]
-    demo = yaml.safe_load((K8S_DIR / "components/demo/kustomization.yaml").read_text())
-    assert demo["kind"] == "Component"
+    for component in ("components/demo", *OPTIONAL_COMPONENTS):
+        kustomization = yaml.safe_load((K8S_DIR / component / "kustomization.yaml").read_text())
+        assert kustomization["kind"] == "Component"
 
 
 def test_the_two_clusters_have_the_reference_layout() -> None:
@@ -221,3 +230,101 @@ def test_the_dockerfile_installs_streamlet_as_a_non_root_user() -> None:
 def test_the_scripts_are_valid_bash(script: Path) -> None:
     assert script.stat().st_mode & 0o111, f"{script.name} is not executable"
     subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def _selects(selector: dict[str, str], workload: dict[str, Any]) -> bool:
+    return all(pod_labels(workload).get(k) == v for k, v in selector.items())
+
+
+def test_the_compactors_run_the_per_task_manager_service_with_a_drain_grace() -> None:
+    compactors = MANIFESTS.workload("compactor-taskmanager")
+    (container,) = pod_spec(compactors)["containers"]
+    args = container["args"]
+    label = args[args.index("--label") + 1]
+    script = SUBMIT_SCRIPT.read_text()
+    assert f"COMPACTOR_LABEL=${{COMPACTOR_LABEL:-{label}}}" in script
+    assert '-D "placement.per-taskmanager=true"' in script
+    assert '-D "placement.taskmanager-label=$COMPACTOR_LABEL"' in script
+    config_file = MANIFESTS.config_data("compactor-config")["streamlet.yaml"]
+    config = Configuration(yaml.safe_load(config_file))
+    assert config.get("taskmanager.drain-grace") >= 30_000  # compactions take time to finish
+
+
+@pytest.mark.parametrize("cluster", ["compactor", "streamlet"])
+def test_a_task_managers_termination_grace_covers_its_drain_and_exit(cluster: str) -> None:
+    config_file = MANIFESTS.config_data(f"{cluster}-config")["streamlet.yaml"]
+    config = Configuration(yaml.safe_load(config_file))
+    task_managers = MANIFESTS.workload(f"{cluster}-taskmanager")
+    grace_period_s = pod_spec(task_managers)["terminationGracePeriodSeconds"]
+    assert grace_period_s >= drain_exit_bound_s(config)  # the drain and the exit fit in
+
+
+def test_the_task_managers_carry_scrape_annotations_for_their_metrics_port() -> None:
+    for name in ("compactor-taskmanager", "streamlet-taskmanager"):
+        workload = MANIFESTS.workload(name)
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        (container,) = pod_spec(workload)["containers"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/path"] == "/metrics"
+        assert int(annotations["prometheus.io/port"]) == container_port(container, "health")
+        assert "--port" in container["args"]  # the task manager serves /metrics there
+
+
+def test_the_autoscaler_scales_the_compactors_on_the_gauge_the_adapter_serves() -> None:
+    hpa = EVERYTHING.get("HorizontalPodAutoscaler", "compactor-taskmanager")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    workload = EVERYTHING.workload(target["name"])
+    assert (target["kind"], target["apiVersion"]) == (workload["kind"], workload["apiVersion"])
+    assert workload is EVERYTHING.workload("compactor-taskmanager")
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == GAUGE
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "800m"}
+    assert "target average value of 0.8" in (REPO_ROOT / "docs" / "metrics.md").read_text()
+
+    adapter = EVERYTHING.config_data("streamlet-prometheus-adapter-rules")
+    (rule,) = yaml.safe_load(adapter["config.yaml"])["rules"]
+    assert rule["seriesQuery"].startswith(f"{GAUGE}{{")
+    assert rule["name"]["as"] == GAUGE and re.fullmatch(rule["name"]["matches"], GAUGE)
+    assert rule["resources"]["overrides"] == {
+        "namespace": {"resource": "namespace"},
+        "pod": {"resource": "pod"},
+    }
+    for placeholder in ("<<.Series>>", "<<.LabelMatchers>>", "<<.GroupBy>>"):
+        assert placeholder in rule["metricsQuery"]
+
+
+def test_the_disruption_budget_and_the_network_policy_fit_the_compactors() -> None:
+    compactors = EVERYTHING.workload("compactor-taskmanager")
+    jobs_task_managers = EVERYTHING.workload("streamlet-taskmanager")
+    pdb = EVERYTHING.get("PodDisruptionBudget", "compactor-taskmanager")
+    assert _selects(pdb["spec"]["selector"]["matchLabels"], compactors)
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+    policy = EVERYTHING.get("NetworkPolicy", "compactor-taskmanager")
+    assert _selects(policy["spec"]["podSelector"]["matchLabels"], compactors)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (container,) = pod_spec(compactors)["containers"]
+    grpc_port = container_port(container, "grpc")
+
+    def admits_grpc(port: dict[str, Any]) -> bool:
+        return port["port"] <= grpc_port <= port.get("endPort", port["port"])
+
+    grpc_rules = [
+        rule for rule in policy["spec"]["ingress"] if any(admits_grpc(p) for p in rule["ports"])
+    ]
+    assert len(grpc_rules) == 1  # only the streamlet cluster's task managers reach the service
+    (peer,) = grpc_rules[0]["from"]
+    assert set(peer) == {"podSelector"}
+    assert _selects(peer["podSelector"]["matchLabels"], jobs_task_managers)
+    for workload in EVERYTHING.workloads():
+        if workload is not jobs_task_managers:
+            assert not _selects(peer["podSelector"]["matchLabels"], workload)
+    ports = {container_port(container, "health")}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            assert port["protocol"] == "TCP"
+            ports.discard(port["port"])
+    assert not ports  # Prometheus reaches /metrics
