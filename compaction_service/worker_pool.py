@@ -56,7 +56,10 @@ def _worker_main(
     parent_pid: int,
 ) -> None:
     """The worker process: run tasks until the pipe closes or a None arrives."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    # The parent decides when workers stop (a SIGTERM to the process group drains the service,
+    # which lets running tasks finish); a dead parent ends them anyway (exit_with_parent).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     exit_with_parent(parent_pid)  # also in the middle of a task
     conn.send(("ready", os.getpid()))
     while True:

@@ -1,0 +1,136 @@
+"""Compaction services coming and going under running jobs: pickup, drain, nothing lost.
+
+The scenario, with real processes on loopback (tests/cluster/harness.py): a job manager; a task
+manager for the jobs; one compactor task manager (label `compactor`) with the compaction service
+submitted once in its per-task-manager mode. Two jobs on the `lsm` backend with small memtables
+offload their compactions to `job:compaction-service`: `lsm-writes` writes random keys without end
+(a steady compaction load) and `keyed-count` counts words into a FileSink (its output is checked
+for exactly-once). Then:
+
+1. a second compactor task manager starts: its service starts by itself (no submit) and takes
+   compactions; `pickup_s` is the time from its process start to its first compaction;
+2. the first compactor gets SIGTERM (it drains: `drain_s` is the time from the signal to its exit)
+   and the second SIGKILL: with no service left the jobs compact locally (`fallback_compactions`);
+3. a third compactor task manager starts and takes compactions again (`return_s`, from its start);
+4. `keyed-count` is let finish: `exact` says whether every count was committed exactly once, and
+   `lost_compactions` counts the compactions the jobs' databases saw fail or time out (each would
+   have to be redone: the client's local fallback must leave none).
+
+`python -m benchmarks scaleout [--quick] --json`; tests/cluster/test_elastic_tier.py runs the same
+scenario and checks it.
+"""
+
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.cluster.compactors import LABEL, ON_COMPACTORS, SERVICE, serving_on, sigterm
+from tests.cluster.exactly_once import JOB as KEYED_COUNT
+from tests.cluster.exactly_once import assert_exactly_once
+from tests.cluster.harness import Cluster
+from tests.cluster.jobs import lsm_writes
+from tests.support.processes import ManagedProcess, ProcessRunner
+
+SERVED = "perform compaction on compaction-service side"
+DB_FAILURE = re.compile(r"compaction \w+ (failed|timed out)")
+WAIT_S = 60.0
+REMOTE = (
+    "-D", "state.backend=lsm",
+    "-D", "lsm.memtable_bytes=32768",
+    "-D", "lsm.l0_compaction_trigger=2",
+    "-D", "compaction.mode=remote",
+    "-D", "compaction.service.address=job:compaction-service",
+    "-D", "compaction.client.resolve-interval=1s",
+    "-D", "checkpoint.interval=500ms",
+)  # fmt: skip
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> float:
+    """Wait for `condition` (polled); the time it held (time.monotonic)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.05)
+    return time.monotonic()
+
+
+def _served(process: ManagedProcess) -> int:
+    return process.output().count(SERVED)
+
+
+def _local_compactions(cluster: Cluster, job_id: str) -> int:
+    return int(cluster.job(job_id)["metrics"].get("compactions_local", 0) or 0)
+
+
+def scenario(runner: ProcessRunner, workdir: Path, records: int) -> dict[str, Any]:
+    """Run the scenario of the module docstring; its figures."""
+    cluster = Cluster(runner, workdir, KEYED_COUNT_RECORDS=str(records), KEYED_COUNT_RATE="1000")
+    cluster.start_jobmanager()
+    jobs_tm = cluster.start_taskmanager(slots=2)
+    first = cluster.start_taskmanager(slots=1, labels=[LABEL])
+    service = cluster.submit("compaction_service", *ON_COMPACTORS, *SERVICE)
+    cluster.wait_job(service, serving_on({first}), timeout=WAIT_S)
+    writes = cluster.submit(str(Path(lsm_writes.__file__)), *REMOTE)
+    output, release = workdir / "output", workdir / "release"
+    count = cluster.submit(
+        KEYED_COUNT,
+        *REMOTE,
+        "--",
+        "--output", str(output),
+        "--hold-at", str(records - 500),  # it cannot end before the scenario lets it
+        "--release-file", str(release),
+    )  # fmt: skip
+    tms = cluster.task_managers
+    _until(lambda: _served(tms[first]) > 0, "the first compactor serves the jobs")
+
+    started = time.monotonic()
+    second = cluster.start_taskmanager(slots=1, labels=[LABEL])
+    cluster.wait_job(service, serving_on({first, second}), timeout=WAIT_S)
+    pickup = _until(lambda: _served(tms[second]) > 0, "the second compactor gets work") - started
+
+    local_before = _local_compactions(cluster, writes)
+    signalled = sigterm(tms[first])
+    tms[second].kill()
+    tms[first].wait(timeout=WAIT_S)
+    drain = time.monotonic() - signalled
+    _until(lambda: _local_compactions(cluster, writes) > local_before, "the jobs fall back")
+
+    started = time.monotonic()
+    third = cluster.start_taskmanager(slots=1, labels=[LABEL])
+    back = _until(lambda: _served(tms[third]) > 0, "the third compactor gets work") - started
+
+    release.touch()
+    cluster.wait_job(count, lambda j: j["status"] == "FINISHED", timeout=WAIT_S)
+    fallbacks = _local_compactions(cluster, writes) + _local_compactions(cluster, count)
+    assert cluster.cli("cancel", writes).returncode == 0
+    try:
+        assert_exactly_once(output, records)
+        exact = True
+    except AssertionError:
+        exact = False
+    log = tms[jobs_tm].output()
+    return {
+        "pickup_s": pickup,
+        "drain_s": drain,
+        "return_s": back,
+        "lost_compactions": len(DB_FAILURE.findall(log)),
+        "fallback_compactions": fallbacks,
+        "remote_compactions": sum(_served(tms[tm]) for tm in (first, second, third)),
+        "exact": exact,
+        "failovers": cluster.job(count)["failovers"],
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
+    runner = ProcessRunner(workdir / "logs")
+    try:
+        return scenario(runner, workdir, records=20_000 if quick else 40_000)
+    finally:
+        runner.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
