@@ -106,8 +106,13 @@ def read_verified(ref: FileRef, storage_options: Mapping[str, Any]) -> bytes:
         data = fs.cat_file(path)
     except FileNotFoundError as e:
         raise MissingCheckpointDataError(f"checkpoint file {ref.path} is missing") from e
-    _verify(ref, len(data), xxhash.xxh3_64_hexdigest(data))
+    verify(ref, data)
     return data
+
+
+def verify(ref: FileRef, data: bytes) -> None:
+    """CorruptCheckpointError unless `data` has the size and checksum that `ref` records."""
+    _verify(ref, len(data), xxhash.xxh3_64_hexdigest(data))
 
 
 def upload_file(local_path: str, url: str, storage_options: Mapping[str, Any]) -> FileRef:

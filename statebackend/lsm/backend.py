@@ -54,7 +54,7 @@ from typing import Any
 
 from fsspec.core import split_protocol
 
-from statebackend.dfs import FileRef, filesystem, join, read_verified
+from statebackend.dfs import FileRef, filesystem, join
 from statebackend.errors import (
     CorruptCheckpointError,
     InvalidHandleError,
@@ -66,7 +66,7 @@ from statebackend.lsm.cache import TableCache
 from statebackend.lsm.compactor import IN_PROCESS_PROTOCOLS, Compactor, create_compactor
 from statebackend.lsm.db import LsmDB
 from statebackend.lsm.debt import debt_metrics
-from statebackend.lsm.manifest import CorruptManifestError, decode
+from statebackend.lsm.manifest import CorruptManifestError, decode, verified
 from statebackend.lsm.meta import TableOptions
 from statebackend.lsm.options import PREFIX, LsmOptions
 from statebackend.lsm.pins import delete_pin
@@ -227,8 +227,12 @@ class LsmStoreFactory:
                 f"{NAME} handle is for key groups {snap.key_groups}, this store owns {expected}"
             )
         if snap.savepoint_pin is None and files.is_root_of(settings.base, snap.root):
-            read_verified(snap.manifest, context.storage_options)  # Missing/CorruptCheckpointError
-            db = self._db(context, settings, snap.root, restore_manifest=snap.number)
+            # The DB reads the handle's manifest with the root's other files, verified against
+            # the handle (Missing/CorruptCheckpointError).
+            db = self._db(
+                context, settings, snap.root, restore_manifest=snap.number,
+                restore_ref=snap.manifest,
+            )
             return LsmStore(db, context, settings.local_dir)
         source = RescaleSource(restore, context.key_group_range)
         return self.open_rescaled(context, [source])
@@ -239,7 +243,7 @@ class LsmStoreFactory:
         databases")."""
         settings = self._settings(context)
         num_levels = settings.options.num_levels
-        parts, roots = [], []
+        snaps = []
         for source in sources:
             snap = _parse_handle(source.handle)
             if snap.key_groups != [source.key_groups.start, source.key_groups.end]:
@@ -247,10 +251,15 @@ class LsmStoreFactory:
                     f"{NAME} handle of {snap.root} is for key groups {snap.key_groups}, not "
                     f"{source.key_groups.start}..{source.key_groups.end}"
                 )
-            version = _read_version(snap, context.storage_options, num_levels)
+            snaps.append(snap)
+        versions = files.each(
+            lambda snap: _read_version(snap, context.storage_options, num_levels), snaps
+        )
+        parts = []
+        for source, snap, version in zip(sources, snaps, versions, strict=True):
             start, end = key_range(source.key_groups, context.key_group_range)
             parts.append(clip(version, snap.root, start, end))
-            roots.append(snap.root)
+        roots = [snap.root for snap in snaps]
         try:
             version = assemble(parts, num_levels)
         except ValueError as e:
@@ -262,9 +271,8 @@ class LsmStoreFactory:
             _remove_root(root, context.storage_options)  # a failed restore leaves nothing
             raise
         if settings.operator_roots:
-            for old in roots:
-                if _of_same_operator(settings.base, old):
-                    retire_newest(old, context.storage_options)
+            retired = [old for old in roots if _of_same_operator(settings.base, old)]
+            files.each(lambda old: retire_newest(old, context.storage_options), retired)
         return LsmStore(db, context, settings.local_dir)
 
     def export(
@@ -383,7 +391,8 @@ def _parse_handle(handle: StoreHandle) -> _Snapshot:
 
 def _read_version(snap: _Snapshot, storage_options: Mapping[str, Any], levels: int) -> Version:
     """The version a handle pins, its manifest verified against the handle."""
-    data = read_verified(snap.manifest, storage_options)  # Missing/CorruptCheckpointError
+    fs, path = filesystem(snap.manifest.path, storage_options)
+    data = verified(snap.manifest, files.read_files(fs, [path])[0])  # Missing/Corrupt...Error
     try:
         return decode(data, snap.manifest.path, levels).version
     except CorruptManifestError as e:

@@ -64,10 +64,19 @@ def _pattern_table(table: int, bits: int) -> tuple[int, ...]:
     return tuple(patterns)
 
 
+def _num_blocks(num_keys: int, bits_per_key: int) -> int:
+    return max(1, -(-num_keys * bits_per_key // BLOCK_BITS))
+
+
+def filter_size(num_keys: int, bits_per_key: int) -> int:
+    """The bytes of the serialized filter of `num_keys` keys at `bits_per_key`."""
+    return _HEADER.size + _num_blocks(num_keys, bits_per_key) * _BLOCK_BYTES
+
+
 def build_filter(hashes: Iterable[int], num_keys: int, bits_per_key: int) -> bytes:
     """The serialized filter of `num_keys` keys with the given `key_hash` values."""
     k = probes_for(bits_per_key)
-    num_blocks = max(1, -(-num_keys * bits_per_key // BLOCK_BITS))
+    num_blocks = _num_blocks(num_keys, bits_per_key)
     table_a, table_b = _pattern_tables(k)
     blocks = [0] * num_blocks
     n = num_blocks

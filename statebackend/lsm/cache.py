@@ -3,7 +3,8 @@
 - `TableCache`: the open `TableReader`s of a DB (as LevelDB's table cache), one per table file,
   keyed by (root, name) (`TableMeta.key`: a DB may reference tables of other roots), reading
   through the two caches below. A reader of another root's table is named by its path, so its
-  blocks and its errors never mix with a table of the same name in the DB's own root.
+  blocks and its errors never mix with a table of the same name in the DB's own root. Several
+  tables can be opened at once (`open_all`: concurrently, so in the round trips of one).
 - `BlockCache`: an LRU of decoded blocks keyed by (table name, block offset), bounded by the bytes
   the table reader charges for each block. Table readers consult it (see table.BlockCache).
 - `FileCache`: an LRU of whole table files copied from the DFS to a local directory, bounded in
@@ -27,9 +28,10 @@ from typing import Any
 import fsspec
 
 from statebackend.dfs import filesystem
+from statebackend.lsm import files
 from statebackend.lsm.files import root_id, table_label, table_path
-from statebackend.lsm.meta import TableMeta, table_key
-from statebackend.lsm.table import FsFileSource, TableReader
+from statebackend.lsm.meta import TableMeta, TableOptions, table_key
+from statebackend.lsm.table import CorruptTableError, FsFileSource, TableReader, tail_read_size
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,8 @@ class CachedSource:
 
 class TableCache:
     """Open readers by `TableMeta.key`. Readers are immutable, so `readers` is read without a lock
-    and a racing duplicate open is harmless. With both capacities 0 it keeps no local file."""
+    and a racing duplicate open is harmless. With both capacities 0 it keeps no local file.
+    `table_options` (the DB's) size the first read of a table it opens (`tail_read_size`)."""
 
     def __init__(
         self,
@@ -196,10 +199,12 @@ class TableCache:
         file_cache_bytes: int,
         local_dir: str,
         storage_options: Mapping[str, Any] | None = None,
+        table_options: TableOptions | None = None,
     ) -> None:
         self.fs = fs
         self.root_path = root_path
         self.storage_options = dict(storage_options or {})
+        self.table_options = table_options or TableOptions()
         self._roots: dict[str, tuple[fsspec.AbstractFileSystem, str]] = {"": (fs, root_path)}
         self.readers: dict[str, TableReader] = {}
         self.blocks = BlockCache(block_cache_bytes) if block_cache_bytes > 0 else None
@@ -224,9 +229,22 @@ class TableCache:
             if self.files is not None
             else FsFileSource(fs, path, t.size)
         )
-        reader = TableReader(source, name, self.blocks)
+        reader = TableReader(source, name, self.blocks, tail_read_size(t, self.table_options))
         self.readers[t.key] = reader
         return reader
+
+    def open_all(self, tables: list[TableMeta]) -> None:
+        """Open `tables` concurrently (on an object store: in the round trips of one table). A
+        table that fails to open stays closed: the read that needs it opens it again, and gets
+        the error then, as if it had not been opened ahead."""
+
+        def open_ahead(t: TableMeta) -> None:
+            try:
+                self.open(t)
+            except (OSError, CorruptTableError):
+                pass
+
+        files.each(open_ahead, tables)
 
     def evict(self, root: str, name: str) -> None:
         """Forget a table: deleted, or (of another root) no longer referenced."""

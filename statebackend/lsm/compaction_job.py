@@ -30,9 +30,9 @@ from statebackend.lsm.files import (
     compaction_output_name,
     is_plain_name,
     new_output_token,
+    open_for_writing,
     table_label,
     table_path,
-    tables_dir,
 )
 from statebackend.lsm.merge import merge_batches
 from statebackend.lsm.meta import TableMeta, TableOptions
@@ -237,12 +237,10 @@ class _Job:
 
     def open_output(self) -> None:
         spec = self.spec
-        if not self.written:
-            self.fs.makedirs(tables_dir(self.root), exist_ok=True)
         name = compaction_output_name(spec.output_prefix, self.token, len(self.written))
         path = table_path(self.root, name)
         self.written.append(path)
-        self.sink = self.fs.open(path, "wb")
+        self.sink = open_for_writing(self.fs, path)
         self.builder = TableBuilder(
             self.sink, spec.table_options, self.creator, name, may_expire=self.may_expire
         )

@@ -45,14 +45,14 @@ from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec
 from statebackend.lsm.compactor import CompactionRegistry, Compactor, LocalCompactor, Running
 from statebackend.lsm.debt import WriteStalls, stop_cause
 from statebackend.lsm.gc import GarbageCollector, GcResult
-from statebackend.lsm.manifest import Manifest, ManifestStore, ManifestWriter, encode
+from statebackend.lsm.manifest import Manifest, ManifestStore, encode
 from statebackend.lsm.memtable import Memtable
 from statebackend.lsm.merge import merge_runs
 from statebackend.lsm.meta import TableMeta
-from statebackend.lsm.opening import delete_markers, open_version
+from statebackend.lsm.opening import delete_markers, open_root
 from statebackend.lsm.options import LsmOptions
 from statebackend.lsm.picker import Pick, Picker, PickerOptions
-from statebackend.lsm.pins import delete_pin, read_pins, write_pin
+from statebackend.lsm.pins import delete_pin, write_pin
 from statebackend.lsm.sharing import SharedFiles, retire
 from statebackend.lsm.table import TableBuilder, remove_quietly
 from statebackend.lsm.version import Version, VersionEdit
@@ -70,11 +70,13 @@ MAX_COMPACTION_FAILURES = 5
 class LsmDB:
     """A disaggregated LSM DB rooted at an fsspec URL; see the module docstring for threading.
 
-    `restore_manifest` opens the version of that (pinned) manifest instead of the newest one;
-    `fresh` opens an empty version; `adopt` opens a new root with that version, which references
-    tables of other roots (docs/lsm-protocol.md, "Adopting versions of other databases"). Pins of
-    retained checkpoints are kept, less those released by markers. `clock` (milliseconds since
-    the epoch) decides which entries compactions drop as expired.
+    `restore_manifest` opens the version of that (pinned) manifest instead of the newest one,
+    verified against `restore_ref` (the snapshot handle's reference to it) when given; `fresh`
+    opens an empty version; `adopt` opens a new root (one nobody has used: nothing is read there)
+    with that version, which references tables of other roots (docs/lsm-protocol.md, "Adopting
+    versions of other databases"). Pins of retained checkpoints are kept, less those released by
+    markers. Opening reads the root in few round trips (see `opening`). `clock` (milliseconds
+    since the epoch) decides which entries compactions drop as expired.
     """
 
     def __init__(
@@ -87,20 +89,21 @@ class LsmDB:
         fresh: bool = False,
         clock: Clock = system_clock,
         adopt: Version | None = None,
+        restore_ref: FileRef | None = None,
     ) -> None:
         self.root = root.rstrip("/")
         self.o = o = options or LsmOptions()
         self._clock = clock
         self.storage_options = dict(storage_options or {})
         self.fs, self._root_path = filesystem(self.root, self.storage_options)
-        self.fs.makedirs(files.tables_dir(self._root_path), exist_ok=True)
         self._manifests = ManifestStore(self.fs, self._root_path, o.num_levels)
-        markers = read_pins(self.fs, self._root_path)
-        self._writer = ManifestWriter.open(self._manifests, max(markers.retired, default=0))
-        self._shared = SharedFiles(self.root, self.storage_options, o.gc_grace_s)
-        opening = open_version(
-            self._manifests, markers, self.root, self.storage_options, self._writer.epoch,
-            restore_manifest, fresh, adopt,
+        opening = open_root(
+            self._manifests, self.root, self.storage_options, restore_manifest, restore_ref,
+            fresh, adopt,
+        )
+        self._writer = opening.writer
+        self._shared = SharedFiles(
+            self.root, self.storage_options, o.gc_grace_s, opening.holds, adopt is not None
         )
         version = self._version = opening.version
         self._pins: dict[int, int] = dict(opening.pins)
@@ -128,6 +131,7 @@ class LsmDB:
             o.file_cache_bytes,
             o.local_dir or tempfile.gettempdir(),
             self.storage_options,
+            o.table,
         )
         self._own_compactor = compactor is None
         self.compactor: Compactor = compactor or LocalCompactor.for_protocols(
@@ -439,7 +443,7 @@ class LsmDB:
                 self._flushing = name
             path = files.table_path(self._root_path, name)
             try:
-                with self.fs.open(path, "wb") as sink:
+                with files.open_for_writing(self.fs, path) as sink:
                     builder = TableBuilder(sink, self.o.table, "flush", name)
                     builder.add_batch(keys, values)
                     return builder.finish()

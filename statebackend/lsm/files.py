@@ -6,6 +6,12 @@ checks a `CompactionResult` against its spec. The rules it implements (naming an
 protection, install or delete, garbage collection, epochs, pins) are stated in
 docs/lsm-protocol.md; other modules refer to that page instead of restating them.
 
+It also owns how the LSM talks to the DFS in few round trips, since on an object store each
+request is one: `list_names` (one listing of a folder), `read_files` (several files in one
+concurrent read), `create_file` and `open_for_writing` (folders made only where the file system
+needs them: object stores have none), and `each` (independent sequences of requests, e.g. one
+per root, run concurrently).
+
 Layout below a DB root (an fsspec URL, or a path within its file system; functions taking `root`
 accept either):
 
@@ -38,11 +44,13 @@ Specs built elsewhere (tests, benchmarks) may use any plain prefix; outputs are 
 
 import logging
 import math
+import posixpath
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import fsspec
 import xxhash
@@ -70,6 +78,7 @@ MANIFEST_DIGITS = 12
 FLUSH = "flush"
 COMPACTION = "compaction"
 LIST_ATTEMPTS = 5
+MAX_CONCURRENT_CALLS = 32  # threads of one `each`
 
 _EPOCH = r"(?P<epoch>\d{6,})"
 _FLUSH_NAME = re.compile(_EPOCH + r"-f(?P<seq>\d{6,})-[0-9a-f]{12}\.sst")
@@ -85,6 +94,9 @@ _PIN_NAME = re.compile(
     r"|released-(?P<released>\d+)|retired-(?P<retired>\d{6,}))\.pin"
 )
 _ADOPTING_SUFFIX = re.compile(r"-[0-9a-f]{32}")
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 # ----------------------------------------------------------------------------------- layout
@@ -338,6 +350,60 @@ def _names(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
 def list_tables(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
     """The names of the table files below `root` (a path within `fs`)."""
     return list_names(fs, tables_dir(root))
+
+
+def each(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """`function` of every item, in order, the calls made concurrently on threads: the requests
+    of an async file system (an object store's) then overlap, so independent sequences of
+    requests (one per root, one per file) take the round trips of the longest one. The first
+    error raises, once every call has returned."""
+    items = list(items)
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    workers = min(len(items), MAX_CONCURRENT_CALLS)
+    with ThreadPoolExecutor(workers, thread_name_prefix="lsm-io") as pool:
+        futures = [pool.submit(function, item) for item in items]
+    return [future.result() for future in futures]
+
+
+def read_files(fs: fsspec.AbstractFileSystem, paths: Sequence[str]) -> list[bytes | None]:
+    """The whole contents of `paths`, in order; None for a file that does not exist. Read in
+    one call, which an async file system (an object store's) runs concurrently: one round trip
+    for all (each a read from offset 0, which s3fs does without asking for the size first). A
+    file whose read fails otherwise is read again on its own, whose error raises."""
+    if not paths:
+        return []
+    contents: list[bytes | None] = []
+    results = fs.cat_ranges(list(paths), 0, None, on_error="return")
+    for path, result in zip(paths, results, strict=True):
+        if isinstance(result, FileNotFoundError):
+            contents.append(None)
+        elif isinstance(result, BaseException):  # e.g. an empty object: no byte 0 to start at
+            try:
+                contents.append(fs.cat_file(path))
+            except FileNotFoundError:
+                contents.append(None)
+        else:
+            contents.append(result)
+    return contents
+
+
+def open_for_writing(fs: fsspec.AbstractFileSystem, path: str, mode: str = "wb") -> Any:
+    """`fs.open(path, mode)` for a new file. Its folder is made only when the file system says
+    it is missing: an object store has no folders (no request for them), while `file://` gets
+    the folders it needs."""
+    try:
+        return fs.open(path, mode)
+    except FileNotFoundError:
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        return fs.open(path, mode)
+
+
+def create_file(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Create `path` holding `data` with an exclusive create (FileExistsError when it exists):
+    one request on an object store."""
+    with open_for_writing(fs, path, "xb") as f:
+        f.write(data)
 
 
 def delete_table(fs: fsspec.AbstractFileSystem, root: str, name: str) -> bool:

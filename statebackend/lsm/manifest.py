@@ -10,7 +10,9 @@ enough to open the DB. Its format:
 `levels` lists each level's `TableMeta` dicts (a reference to another root or a clipped one also
 has `root`, `clip_start`, `clip_end`; see meta.py); `pins` maps checkpoint id -> manifest number.
 A `ManifestStore` only reads until a `ManifestWriter` opens it: reading another DB's manifests
-never writes there.
+never writes there. A `ManifestScan` is what opening needs of them: the numbers listed and the
+newest EPOCH_SCAN manifests, read at once (`ManifestStore.scan`, or with the root's other files
+by `opening`).
 
 The rules this module implements are stated in docs/lsm-protocol.md: how the current version is
 found and how a damaged manifest is skipped ("Manifests"), how a writer's epoch is chosen and how
@@ -20,20 +22,23 @@ a zombie writer is fenced ("Writer epochs and fencing"), and what a pin keeps ("
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import fsspec
 import msgpack
 import xxhash
 
+from statebackend.dfs import FileRef, verify
 from statebackend.errors import CorruptCheckpointError, MissingCheckpointDataError
 from statebackend.lsm.files import (
+    create_file,
     list_names,
     manifest_dir,
     manifest_name,
     manifest_path,
     parse_manifest_name,
+    read_files,
 )
 from statebackend.lsm.version import Version
 
@@ -114,6 +119,30 @@ def decode(data: bytes, name: str, num_levels: int) -> Manifest:
         raise CorruptManifestError(f"manifest {name} cannot be decoded: {e}") from e
 
 
+@dataclass(frozen=True)
+class ManifestScan:
+    """The manifests of a root as one listing found them: every number, ascending, and the newest
+    EPOCH_SCAN read (each a Manifest, or the FileNotFoundError or CorruptManifestError of its
+    read: deleted since the listing, or damaged)."""
+
+    numbers: list[int]
+    newest: Mapping[int, Manifest | Exception]
+
+    def max_epoch(self) -> int:
+        """The highest epoch among the newest manifests (0 for a new DB)."""
+        return max((m.epoch for m in self.newest.values() if isinstance(m, Manifest)), default=0)
+
+
+def verified(ref: FileRef, data: bytes | None) -> bytes:
+    """`data`, the bytes read of the manifest a snapshot handle names (`ref`; None: the file is
+    missing), once they verify against it; MissingCheckpointDataError or CorruptCheckpointError
+    otherwise."""
+    if data is None:
+        raise MissingCheckpointDataError(f"checkpoint file {ref.path} is missing")
+    verify(ref, data)
+    return data
+
+
 class ManifestStore:
     """Reads, writes, lists and deletes the manifest files under ROOT/manifest/."""
 
@@ -126,60 +155,92 @@ class ManifestStore:
     def path(self, number: int) -> str:
         return manifest_path(self.root_path, number)
 
-    def numbers(self) -> list[int]:
-        """All manifest numbers present, ascending (valid or not)."""
-        numbers = map(parse_manifest_name, list_names(self.fs, self.dir))
-        return sorted(n for n in numbers if n is not None)
+    def numbers(self, listed: Iterable[str] | None = None) -> list[int]:
+        """All manifest numbers present, ascending (valid or not), among the file names `listed`
+        in the manifest folder (None: list it now)."""
+        names = list_names(self.fs, self.dir) if listed is None else listed
+        return sorted(n for n in map(parse_manifest_name, names) if n is not None)
 
     def read(self, number: int) -> Manifest:
         """Raises FileNotFoundError or CorruptManifestError."""
-        data = self.fs.cat_file(self.path(number))
+        return self.parse(number, self.fs.cat_file(self.path(number)))
+
+    def parse(self, number: int, data: bytes) -> Manifest:
+        """Manifest `number` from its bytes; raises CorruptManifestError."""
         m = decode(data, manifest_name(number), self.num_levels)
         if m.number != number:
             raise CorruptManifestError(f"manifest {manifest_name(number)} claims number {m.number}")
         return m
 
-    def read_checkpoint(self, number: int) -> Manifest:
-        """A pinned manifest to restore; raises the RestoreError a checkpoint restore expects."""
+    def checkpoint(self, number: int, data: bytes | None, ref: FileRef | None) -> Manifest:
+        """Pinned manifest `number` to restore, from its bytes (None: it is missing), verified
+        against the handle's reference `ref` when given; raises the RestoreError a checkpoint
+        restore expects."""
+        if ref is not None:
+            data = verified(ref, data)
+        elif data is None:
+            raise MissingCheckpointDataError(f"checkpoint file {self.path(number)} is missing")
         try:
-            return self.read(number)
-        except FileNotFoundError as e:
-            raise MissingCheckpointDataError(f"{self.dir}: manifest {number} is missing") from e
+            return self.parse(number, data)
         except CorruptManifestError as e:
             raise CorruptCheckpointError(str(e)) from e
 
-    def latest(self) -> Manifest | None:
-        """The highest-numbered good manifest; None for a new DB.
+    def scan_numbers(self, numbers: list[int]) -> list[int]:
+        """Which of the listed `numbers` (ascending) a scan reads: the newest EPOCH_SCAN."""
+        return numbers[-EPOCH_SCAN:]
+
+    def scanned(self, numbers: list[int], contents: Mapping[int, bytes | None]) -> ManifestScan:
+        """The scan of the listed `numbers`, from the `contents` of `scan_numbers(numbers)`
+        (None: deleted since the listing)."""
+        newest: dict[int, Manifest | Exception] = {}
+        for number in self.scan_numbers(numbers):
+            data = contents[number]
+            try:
+                if data is None:
+                    raise FileNotFoundError(self.path(number))
+                newest[number] = self.parse(number, data)
+            except (FileNotFoundError, CorruptManifestError) as e:
+                newest[number] = e
+        return ManifestScan(numbers, newest)
+
+    def scan(self) -> ManifestScan:
+        """List the manifests and read the newest EPOCH_SCAN at once (one round trip)."""
+        numbers = self.numbers()
+        wanted = self.scan_numbers(numbers)
+        contents = read_files(self.fs, [self.path(n) for n in wanted])
+        return self.scanned(numbers, dict(zip(wanted, contents, strict=True)))
+
+    def latest(self, scan: ManifestScan | None = None) -> Manifest | None:
+        """The highest-numbered good manifest; None for a new DB. `scan`: what a scan found
+        (None: scan now); manifests older than it are read one by one if none of it is good.
 
         Skips (with a warning) newer manifests that are truncated or corrupt. Raises
         CorruptManifestError when manifests exist but none is readable.
         """
-        numbers = self.numbers()
-        for number in reversed(numbers):
+        scan = self.scan() if scan is None else scan
+        for number in reversed(scan.numbers):
+            found = scan.newest.get(number)
             try:
-                return self.read(number)
+                if isinstance(found, Exception):
+                    raise found
+                return found if found is not None else self.read(number)
             except FileNotFoundError:
                 continue  # deleted by a concurrent cleanup between listing and reading
             except CorruptManifestError as e:
                 log.warning("skipping manifest %s, falling back to the previous one: %s", number, e)
-        if numbers:
-            raise CorruptManifestError(f"no readable manifest among {len(numbers)} in {self.dir}")
+        if scan.numbers:
+            raise CorruptManifestError(
+                f"no readable manifest among {len(scan.numbers)} in {self.dir}"
+            )
         return None
 
     def max_epoch(self) -> int:
         """The highest epoch among the newest manifests (0 for a new DB)."""
-        best = 0
-        for number in self.numbers()[-EPOCH_SCAN:]:
-            try:
-                best = max(best, self.read(number).epoch)
-            except (FileNotFoundError, CorruptManifestError):
-                continue
-        return best
+        return self.scan().max_epoch()
 
     def create(self, m: Manifest) -> None:
         """Write `m` with an exclusive create; FileExistsError when its number is taken."""
-        with self.fs.open(self.path(m.number), "xb") as f:
-            f.write(encode(m))
+        create_file(self.fs, self.path(m.number), encode(m))
 
     def delete(self, number: int) -> None:
         self.fs.rm_file(self.path(number))
@@ -199,13 +260,15 @@ class ManifestWriter:
         self.fenced: FencedError | None = None
 
     @classmethod
-    def open(cls, store: ManifestStore, above: int = 0) -> "ManifestWriter":
-        """A writer with an epoch above every epoch seen, and above `above` (the epochs recorded
-        elsewhere, e.g. by retirement markers); it must commit before anything else."""
-        store.fs.makedirs(store.dir, exist_ok=True)
-        numbers = store.numbers()
-        epoch = max(store.max_epoch(), above) + 1
-        return cls(store, epoch, (numbers[-1] + 1) if numbers else 1)
+    def open(
+        cls, store: ManifestStore, above: int = 0, scan: ManifestScan | None = None
+    ) -> "ManifestWriter":
+        """A writer with an epoch above every epoch seen (among the newest manifests: `scan`, or
+        a scan now), and above `above` (the epochs recorded elsewhere, e.g. by retirement
+        markers); it must commit before anything else."""
+        scan = store.scan() if scan is None else scan
+        epoch = max(scan.max_epoch(), above) + 1
+        return cls(store, epoch, (scan.numbers[-1] + 1) if scan.numbers else 1)
 
     def commit(
         self, version: Version, pins: Mapping[int, int], pin_self: int | None = None

@@ -13,12 +13,14 @@ modified. Format, as a manifest's:
              retired    {"epoch": epoch, "checkpoints": [[checkpoint id, manifest number], ...]}
     footer   magic b"LSMPIN01" | payload length u64-be | xxh3-64(payload) u64-be
 
-`read_pins` reads every pin of a root; a file that does not verify (being written, or left
-half-written by a crash) is reported as damaged, never guessed at.
+`read_pins` reads every pin of a root (all at once: one round trip on an object store), and
+`parse_pins` decodes pins that opening a DB read with its manifests; a file that does not
+verify (being written, or left half-written by a crash) is reported as damaged, never guessed
+at.
 """
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,9 +68,7 @@ def write_pin(
     fs: fsspec.AbstractFileSystem, root: str, name: str, payload: Mapping[str, Any]
 ) -> None:
     """Create pin `name` below `root`; FileExistsError when it exists (a pin is never rewritten)."""
-    fs.makedirs(files.pins_dir(root), exist_ok=True)
-    with fs.open(files.pin_path(root, name), "xb") as f:
-        f.write(encode(payload))
+    files.create_file(fs, files.pin_path(root, name), encode(payload))
 
 
 def write_marker(fs: fsspec.AbstractFileSystem, root: str, name: str, payload: Mapping) -> None:
@@ -110,17 +110,27 @@ class RootPins:
 
 
 def read_pins(fs: fsspec.AbstractFileSystem, root: str) -> RootPins:
-    """Every pin of `root` (a path within `fs`); unknown file names are ignored."""
+    """Every pin of `root` (a path within `fs`), read at once; unknown file names are ignored."""
+    names = pin_names(files.list_names(fs, files.pins_dir(root)))
+    contents = files.read_files(fs, [files.pin_path(root, name) for name in names])
+    return parse_pins(root, dict(zip(names, contents, strict=True)))
+
+
+def pin_names(listed: Iterable[str]) -> list[str]:
+    """The pin files among the file names `listed` in a root's pins folder."""
+    return [name for name in listed if files.parse_pin_name(name) is not None]
+
+
+def parse_pins(root: str, contents: Mapping[str, bytes | None]) -> RootPins:
+    """The pins of `root` from the bytes of its pin files by name (None: deleted since the
+    listing, so that pin let go)."""
     pins = RootPins()
-    for name in files.list_names(fs, files.pins_dir(root)):
+    for name, data in contents.items():
         parsed = files.parse_pin_name(name)
-        if parsed is None:
+        if parsed is None or data is None:
             continue
         try:
-            payload = decode(fs.cat_file(files.pin_path(root, name)), name)
-            _add(pins, name, parsed, payload)
-        except FileNotFoundError:
-            continue  # deleted since the listing: that pin let go
+            _add(pins, name, parsed, decode(data, name))
         except (DamagedPinError, KeyError, TypeError, ValueError) as e:
             log.warning("%s: pin %s is damaged or being written: %s", root, name, e)
             pins.damaged.append(name)

@@ -3,7 +3,9 @@
 Every reference is read only within its effective range (`TableMeta.lo`/`hi`: its file's keys
 inside its clip, docs/lsm-protocol.md "Table references"), and through a `TableCache`, which
 reads tables of other roots too. The DB reads its live versions here (after its memtables), and
-`export` reads a pinned version of a DB it does not open.
+`export` reads a pinned version of a DB it does not open. A point lookup that finds a table not
+open yet opens every table the key may be in at once (`TableCache.open_all`), so that the first
+lookups after a restore wait for the round trips of one table, not of each in turn.
 """
 
 from bisect import bisect_right
@@ -13,7 +15,7 @@ from itertools import chain
 from statebackend.lsm.cache import TableCache
 from statebackend.lsm.merge import merge_runs
 from statebackend.lsm.meta import TableMeta
-from statebackend.lsm.table import Entry
+from statebackend.lsm.table import Entry, TableReader
 from statebackend.lsm.version import Version
 
 ABSENT: tuple[bool, None] = (False, None)
@@ -25,7 +27,7 @@ def get(version: Version, key: bytes, tables: TableCache) -> tuple[bool, bytes |
     readers = tables.readers
     for t in version.levels[0]:
         if t.lo <= key < t.hi:
-            found, value = (readers.get(t.key) or tables.open(t)).get(key)
+            found, value = (readers.get(t.key) or _open(version, key, t, tables)).get(key)
             if found:
                 return found, value
     for run, ends in version.runs:  # one sorted run per level >= 1: bisect to one reference
@@ -33,10 +35,32 @@ def get(version: Version, key: bytes, tables: TableCache) -> tuple[bool, bytes |
         if i < len(run):
             t = run[i]
             if t.lo <= key:
-                found, value = (readers.get(t.key) or tables.open(t)).get(key)
+                found, value = (readers.get(t.key) or _open(version, key, t, tables)).get(key)
                 if found:
                     return found, value
     return ABSENT
+
+
+def _open(version: Version, key: bytes, t: TableMeta, tables: TableCache) -> TableReader:
+    """The reader of `t`, opened together with every other table a lookup of `key` in `version`
+    may read that is not open yet: concurrently, so that the first lookups after a restore wait
+    for the round trips of one table, not of each table in turn."""
+    others = {c.key: c for c in _candidates(version, key) if c.key not in tables.readers}
+    others.pop(t.key, None)
+    tables.open_all([t, *others.values()])
+    return tables.readers.get(t.key) or tables.open(t)  # not open: opening again raises why
+
+
+def _candidates(version: Version, key: bytes) -> Iterator[TableMeta]:
+    """The references a lookup of `key` in `version` may read: the level-0 ones holding it and
+    the one of each deeper level."""
+    for t in version.levels[0]:
+        if t.lo <= key < t.hi:
+            yield t
+    for run, ends in version.runs:
+        i = bisect_right(ends, key)
+        if i < len(run) and run[i].lo <= key:
+            yield run[i]
 
 
 def runs(

@@ -39,13 +39,26 @@ Refs = Mapping[str, frozenset[str] | set[str]]
 
 
 class ReferencePins:
-    """The reference pins the DB at `root` holds in other roots. Not thread-safe."""
+    """The reference pins the DB at `root` holds in other roots. Not thread-safe.
 
-    def __init__(self, root: str, storage_options: Mapping[str, Any]) -> None:
+    `holds`: the roots its holds records name, when the caller read them already (opening the
+    DB reads its pins anyway); None: read them when first needed. `new_root`: `root` is new (an
+    adopting DB's), so it holds no pin in a root it has written no pin in: nothing is read there
+    to find one."""
+
+    def __init__(
+        self,
+        root: str,
+        storage_options: Mapping[str, Any],
+        holds: Iterable[str] | None = None,
+        new_root: bool = False,
+    ) -> None:
         self.root = root.rstrip("/")
         self.storage_options = dict(storage_options)
         self.fs, self.path = filesystem(self.root, self.storage_options)
         self.id = files.root_id(self.root)
+        self._holds = None if holds is None else list(holds)
+        self._new_root = new_root
         # other root -> (tables our pins there name, our pin files there); None until loaded
         self._held: dict[str, tuple[frozenset[str], list[str]]] | None = None
 
@@ -53,9 +66,13 @@ class ReferencePins:
         return set(self._load())
 
     def _load(self) -> dict[str, tuple[frozenset[str], list[str]]]:
+        """Our pins in every root a holds record names, read concurrently (once)."""
         if self._held is None:
-            held = read_pins(self.fs, self.path).holds.values()
-            self._held = {other: self._read(other) for other in held}
+            holds = self._holds
+            self._holds = None  # a reload (after a failed update) reads the records again
+            if holds is None:
+                holds = list(read_pins(self.fs, self.path).holds.values())
+            self._held = dict(zip(holds, files.each(self._read, holds), strict=True))
         return self._held
 
     def _read(self, other: str) -> tuple[frozenset[str], list[str]]:
@@ -75,14 +92,21 @@ class ReferencePins:
 
     def cover(self, needed: Refs) -> None:
         """Make our pins in each root of `needed` name at least those tables (the DB commits a
-        version that references them next). Raises OSError when a pin cannot be written."""
+        version that references them next), the roots concurrently. Raises OSError when a pin
+        cannot be written."""
         held = self._load()
-        for other, names in needed.items():
-            current = held.get(other) or self._read(other)
+
+        def cover_root(item: tuple[str, frozenset[str] | set[str]]) -> None:
+            other, names = item
+            current = held.get(other)
+            if current is None:
+                current = (frozenset(), []) if self._new_root else self._read(other)
             if not set(names) <= current[0]:
                 self._write(other, frozenset(names) | current[0], current[1])
             else:
                 held[other] = current
+
+        files.each(cover_root, needed.items())
 
     def reconcile(self, needed: Refs) -> tuple[list[str], bool]:
         """Shrink our pins to `needed` (every table of other roots the DB can still read):
@@ -219,22 +243,40 @@ def collect_retired(
 
 
 def _delete_root(fs: fsspec.AbstractFileSystem, path: str) -> None:
-    try:
-        fs.rm(path, recursive=True)
-        log.info("deleted the retired root %s: nothing references it any more", path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        log.warning("could not delete the retired root %s (a later collection will): %s", path, e)
+    for _ in range(files.LIST_ATTEMPTS):
+        try:
+            fs.rm(path, recursive=True)
+            log.info("deleted the retired root %s: nothing references it any more", path)
+            return
+        except FileNotFoundError:
+            return
+        except RuntimeError:
+            # fsspec's memory file system walks its store, which every thread shares, and
+            # another thread may change it meanwhile ("dictionary changed size during
+            # iteration"). Walk again.
+            continue
+        except OSError as e:
+            log.warning("could not delete the retired root %s (a later collection will): %s", path,
+                        e)
+            return
+    log.warning("could not delete the retired root %s: its file system kept changing", path)
 
 
 class SharedFiles:
-    """What one open DB does about files shared with other roots. Thread-safe."""
+    """What one open DB does about files shared with other roots. Thread-safe. `holds` and
+    `new_root`: as for `ReferencePins`."""
 
-    def __init__(self, root: str, storage_options: Mapping[str, Any], grace_s: float) -> None:
+    def __init__(
+        self,
+        root: str,
+        storage_options: Mapping[str, Any],
+        grace_s: float,
+        holds: Iterable[str] | None = None,
+        new_root: bool = False,
+    ) -> None:
         self.storage_options = dict(storage_options)
         self.grace_s = grace_s
-        self.references = ReferencePins(root, storage_options)
+        self.references = ReferencePins(root, storage_options, holds, new_root)
         self._lock = threading.Lock()
         self._watched: set[str] = set()  # retired roots with garbage waiting out the grace
         self._needed: dict[str, set[str]] = {}  # tables of other roots, as of the last collection

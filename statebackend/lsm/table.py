@@ -31,7 +31,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from statebackend.errors import StateError
 from statebackend.lsm import block
-from statebackend.lsm.bloom import BloomFilter, build_filter, key_hash
+from statebackend.lsm.bloom import BloomFilter, build_filter, filter_size, key_hash
 from statebackend.lsm.meta import TableMeta, TableOptions
 from statebackend.ttl import expiry_of, wrap
 
@@ -42,7 +42,11 @@ CachedBlock = tuple[list[bytes], list[bytes | None], dict[bytes, bytes | None]]
 """A decoded data block as cached: keys and values (for scans) and a dict of them (for gets)."""
 
 FOOTER_SIZE = block.FOOTER_SIZE
-_TAIL_READ = 64 * 1024  # first read when opening: the footer and, usually, all meta blocks
+MIN_TAIL_READ = 64 * 1024  # the least that opening a table reads first (see tail_read_size)
+# Estimates of the meta blocks' bytes, for tail_read_size: msgpack framing of one index entry
+# beyond its key, and the properties block beyond its two keys.
+_INDEX_ENTRY_BYTES = 12
+_PROPERTIES_BYTES = 1024
 _BATCH = 1024  # entries per batch when streaming entries into a builder
 _ENTRY_CHARGE = 160  # approximate memory of a cached entry beyond its bytes (objects, list, dict)
 _MISSING = object()
@@ -332,13 +336,35 @@ def remove_quietly(fs: Any, path: str) -> None:
         pass
 
 
+def tail_read_size(meta: TableMeta, options: TableOptions) -> int:
+    """How many bytes at the end of the table `meta` describes opening reads first: its footer
+    and meta blocks, estimated from its entries, size and keys under `options` (those of the
+    reader: a table written with other options may need a second read, never gives a wrong
+    answer), with a margin; at least MIN_TAIL_READ, at most the whole file."""
+    bits = options.bloom_bits_per_key
+    bloom = filter_size(meta.entries, bits) if bits else 0
+    blocks = -(-meta.size // options.block_size)
+    index = blocks * (len(meta.largest) + _INDEX_ENTRY_BYTES)
+    properties = _PROPERTIES_BYTES + len(meta.smallest) + len(meta.largest)
+    estimate = (bloom + index + properties + 3 * block.TRAILER_SIZE + FOOTER_SIZE) * 5 // 4
+    return min(meta.size, max(MIN_TAIL_READ, estimate))
+
+
 class TableReader:
-    """Reads one table. Opening it reads and verifies the footer, index, filter and properties.
+    """Reads one table. Opening it reads and verifies the footer, index, filter and properties:
+    it reads the last `tail` bytes first (`tail_read_size`), and the meta blocks again only when
+    they start before them.
 
     Thread-safe for concurrent readers (its own state is immutable after `__init__`).
     """
 
-    def __init__(self, source: FileSource, name: str, cache: BlockCache | None = None) -> None:
+    def __init__(
+        self,
+        source: FileSource,
+        name: str,
+        cache: BlockCache | None = None,
+        tail: int = MIN_TAIL_READ,
+    ) -> None:
         self._source = source
         self.name = name
         self._cache = cache
@@ -347,7 +373,7 @@ class TableReader:
             raise CorruptTableError(
                 name, 0, f"truncated: {size} bytes is less than a {FOOTER_SIZE}-byte footer"
             )
-        tail_offset = max(0, size - _TAIL_READ)
+        tail_offset = max(0, size - max(tail, FOOTER_SIZE))
         tail = memoryview(self._read(tail_offset, size - tail_offset))
         footer_offset = size - FOOTER_SIZE
         handles = self._verified(
