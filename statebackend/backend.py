@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import xxhash
+from xxhash import xxh3_64_intdigest
 
 from statebackend import canonical, dfs
+from statebackend.cache import DEFAULT_CACHE_BYTES, StateCache
 from statebackend.descriptors import StateDescriptor
 from statebackend.errors import (
     InvalidHandleError,
@@ -39,9 +41,9 @@ from statebackend.errors import (
     StateError,
     StateTypeConflictError,
 )
-from statebackend.keygroups import KeyGroupRange, key_group_of
+from statebackend.keygroups import KeyGroupRange
 from statebackend.layout import EMPTY_COMPONENT, escape, prefix_end, state_prefix, unescape_prefix
-from statebackend.serializers import Serializer, failure_reason
+from statebackend.serializers import MsgpackSerializer, Serializer, failure_reason
 from statebackend.state import STATE_CLASSES, KeyedState
 from statebackend.store import KvStore, StoreHandle, key_range
 from statebackend.ttl import Clock, is_expired
@@ -51,6 +53,12 @@ CANONICAL = canonical.CANONICAL
 SAVEPOINT_FORMATS = ("native", CANONICAL)
 # State ids are 1..0xFFFE (two bytes of the physical key; 0 and 0xFFFF are never used).
 _MAX_STATE_ID = 0xFFFE
+# Estimated bytes a remembered key costs besides its serialized form (twice: raw and escaped).
+_KNOWN_KEY_OVERHEAD = 120
+
+CurrentKey = tuple[Any, bytes, bytes | None]
+"""The current key as state handles read it: its cache key (`statebackend.cache`), key group (2
+bytes, big-endian) and escaped serialized form (None before any key is set)."""
 
 
 def new_state_id(name: str, taken: set[int]) -> int:
@@ -169,8 +177,8 @@ class KeyedStateBackend:
         clock: Clock,
         states: Mapping[str, StateMeta] | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ):
-        self.store = store
         self.backend_name = backend_name
         self.scope = scope
         self.key_group_range = key_group_range
@@ -182,44 +190,115 @@ class KeyedStateBackend:
         self._metas: dict[str, StateMeta] = dict(states or {})
         self._state_ids = {meta.state_id for meta in self._metas.values()}
         self._handles: dict[str, KeyedState] = {}
+        # Per state name, the descriptor last asked for and its handle (one per state: a job
+        # that makes a new descriptor per call retains none of them).
+        self._by_descriptor: dict[str, tuple[StateDescriptor, KeyedState]] = {}
+        # The store as it is, without the writes the state cache still holds (see `store`).
+        self.kv_store = store
+        # A quarter of the cache bytes remembers keys, the rest values (`statebackend.cache`).
+        self._known_limit = cache_bytes // 4
+        self.cache = StateCache(store, cache_bytes - self._known_limit)
+        self._object_keys = type(key_serializer) is MsgpackSerializer
+        self._known_keys: dict[Any, CurrentKey] = {}
+        self._known_bytes = 0
+        # The physical-key prefix of each key group (2 bytes, big-endian) of this subtask, None
+        # for the others.
+        self._group_prefixes: list[bytes | None] = [
+            group.to_bytes(2, "big") if group in key_group_range else None
+            for group in range(max_parallelism)
+        ]
         self._current_key: Any = None
-        # The physical-key prefix of the current key, read by every state handle.
-        self.current_key_group = b""
-        self.current_key_part: bytes | None = None
+        # What state handles read of the current key: its cache key, key group and escaped bytes.
+        self.current: CurrentKey = (None, b"", None)
 
     # -- the current key ---------------------------------------------------------------------
 
     def set_current_key(self, key: Any) -> None:
-        """Make `key` the key that every state handle of this backend reads and writes."""
+        """Make `key` the key that every state handle of this backend reads and writes.
+
+        A key a state handle cached is remembered (`remember_current_key`) with its key group
+        and serialized form, so that setting it again serializes and hashes nothing.
+        """
+        kind = type(key)
+        object_key = kind is str or kind is int or kind is bytes
+        if object_key:
+            current = self._known_keys.get(key)
+            if current is not None:  # remembered: nothing to serialize or hash
+                self._current_key = key
+                self.current = current
+                return
         try:
             key_bytes = self.key_serializer.serialize(key)
         except Exception as e:
             raise SerializationError(
                 f"cannot serialize the key {key!r:.100}: {failure_reason(key, e)}"
             ) from (e.__cause__ if isinstance(e, SerializationError) else e)
-        key_group = key_group_of(key_bytes, self.max_parallelism)
-        if key_group not in self.key_group_range:
+        key_group = xxh3_64_intdigest(key_bytes) % self.max_parallelism  # `key_group_of`
+        group_prefix = self._group_prefixes[key_group]
+        if group_prefix is None:
             raise KeyGroupOutOfRangeError(
                 f"key {key!r} is in key group {key_group}, outside this subtask's key groups "
                 f"{self.key_group_range.start}..{self.key_group_range.end}"
             )
+        key_part = key_bytes.replace(b"\x00", b"\x00\xff") + EMPTY_COMPONENT  # `escape`
+        if object_key:
+            cache_key = key if self._object_keys else (key_part,)
+        else:
+            cache_key = (key_part,)
+            known = self._known_keys.get(cache_key)
+            if known is not None:
+                self._current_key = key
+                self.current = known
+                return
         self._current_key = key
-        self.current_key_group = key_group.to_bytes(2, "big")
-        self.current_key_part = escape(key_bytes)
+        self.current = (cache_key, group_prefix, key_part)
+
+    def remember_current_key(self) -> None:
+        """Remember the current key, in use by a read-modify-write of a state (which brings it
+        into the state cache): the memory, within a quarter of the cache bytes, starts afresh
+        when full."""
+        current = self.current
+        key = self._current_key
+        kind = type(key)
+        memory_key = key if kind is str or kind is int or kind is bytes else current[0]
+        size = _KNOWN_KEY_OVERHEAD + 2 * len(current[2])  # type: ignore[arg-type]
+        known_bytes = self._known_bytes + size
+        if known_bytes > self._known_limit:
+            self._known_keys.clear()
+            known_bytes = size
+        self._known_keys[memory_key] = current
+        self._known_bytes = known_bytes
 
     @property
     def current_key(self) -> Any:
         return self._current_key
 
+    @property
+    def store(self) -> KvStore:
+        """The store, for direct use: the state cache is written back and emptied first, so
+        that what is read from the store is what the handles see, and what is written to it
+        is what they read next. State handles use `kv_store` and the cache instead."""
+        self.cache.write_back()
+        self.cache.forget()
+        return self.kv_store
+
     # -- states --------------------------------------------------------------------------------
 
     def get_state(self, descriptor: StateDescriptor) -> Any:
-        """The handle of `descriptor`'s state (one per name; the same object on every call)."""
+        """The handle of `descriptor`'s state (one per name; the same object on every call).
+
+        A descriptor is checked against the state's type once: asked for again with the same
+        descriptor object (the last one asked for with its name), the handle is returned at once.
+        """
+        known = self._by_descriptor.get(descriptor.name)
+        if known is not None and known[0] is descriptor:
+            return known[1]
         handle = self._handles.get(descriptor.name)
         meta = self._metas.get(descriptor.name)
         if meta is not None:
             meta.check(descriptor)
         if handle is not None:
+            self._by_descriptor[descriptor.name] = (descriptor, handle)
             return handle
         if meta is None:
             state_id = new_state_id(descriptor.name, self._state_ids)
@@ -228,6 +307,7 @@ class KeyedStateBackend:
         handle = STATE_CLASSES[descriptor.kind](self, meta.state_id, descriptor)  # type: ignore[arg-type]
         self._metas[descriptor.name] = meta
         self._handles[descriptor.name] = handle
+        self._by_descriptor[descriptor.name] = (descriptor, handle)
         return handle
 
     def key_prefix(self, state_name: str) -> bytes:
@@ -238,14 +318,10 @@ class KeyedStateBackend:
         meta = self._metas.get(state_name)
         if meta is None:
             raise StateError(f"no state named '{state_name}' in this backend")
-        if self.current_key_part is None:
+        _, key_group, key_part = self.current
+        if key_part is None:
             raise NoCurrentKeyError("key_prefix() called before set_current_key()")
-        return (
-            self.current_key_group
-            + meta.state_id.to_bytes(2, "big")
-            + self.current_key_part
-            + EMPTY_COMPONENT
-        )
+        return key_group + meta.state_id.to_bytes(2, "big") + key_part + EMPTY_COMPONENT
 
     @property
     def state_names(self) -> list[str]:
@@ -266,11 +342,14 @@ class KeyedStateBackend:
             if namespace is None
             else escape(self.namespace_serializer.serialize(namespace))
         )
+        handle = self._handles.get(state_name)
         for key_group in self.key_group_range:
+            if handle is not None:
+                handle.write_back()  # the scan sees what was written so far
             prefix = state_prefix(key_group, meta.state_id)
             previous = None
             now = self.clock()
-            for physical, stored in self.store.scan(prefix, prefix_end(prefix)):
+            for physical, stored in self.kv_store.scan(prefix, prefix_end(prefix)):
                 key_part, offset = unescape_prefix(physical, len(prefix))
                 if key_part == previous or not physical.startswith(namespace_part, offset):
                     continue
@@ -283,6 +362,7 @@ class KeyedStateBackend:
 
     def snapshot(self, checkpoint_id: int) -> StateHandle:
         """Persist the state to checkpoint storage; the handle restores exactly this state."""
+        self.cache.write_back()
         return StateHandle(
             backend=self.backend_name,
             scope=self.scope,
@@ -290,7 +370,7 @@ class KeyedStateBackend:
             max_parallelism=self.max_parallelism,
             key_group_range=self.key_group_range,
             states=dict(self._metas),
-            store=self.store.snapshot(checkpoint_id),
+            store=self.kv_store.snapshot(checkpoint_id),
         )
 
     def savepoint(self, checkpoint_id: int, directory: str, format: str) -> StateHandle:
@@ -300,18 +380,20 @@ class KeyedStateBackend:
         A backend whose store cannot write its own format raises `StateError` naming `canonical`
         (which every backend can write).
         """
+        self.cache.write_back()
         if format == CANONICAL:
             start, end = key_range(self.key_group_range, self.key_group_range)
             now = self.clock()
+            entries = self.kv_store.scan(start, end)
             store = canonical.write(
-                (entry for entry in self.store.scan(start, end) if not is_expired(entry[1], now)),
+                (entry for entry in entries if not is_expired(entry[1], now)),
                 dfs.join(directory, "state.canonical.msgpack.zst"),
                 self.storage_options,
                 written_by=self.backend_name,
             )
             backend = CANONICAL
         elif format == "native":
-            savepoint = getattr(self.store, "savepoint", None)
+            savepoint = getattr(self.kv_store, "savepoint", None)
             if savepoint is None:
                 raise StateError(
                     f"the {self.backend_name} backend cannot write native savepoints yet: take a "
@@ -337,9 +419,17 @@ class KeyedStateBackend:
 
         Files that a `retained` snapshot or the live backend still use stay. Idempotent.
         """
-        self.store.release(handle.store, [kept.store for kept in retained])
+        self.kv_store.release(handle.store, [kept.store for kept in retained])
+
+    def metrics(self) -> dict[str, Any]:
+        """What the store reports through its optional `metrics()` ({} without one)."""
+        metrics = getattr(self.kv_store, "metrics", None)
+        return {} if metrics is None else metrics()
 
     def dispose(self) -> None:
-        """Release resources and local files; checkpoint files stay for later restores."""
+        """Release resources and local files; checkpoint files stay for later restores. What the
+        state cache holds is dropped, not written."""
+        self.cache.forget()
         self._handles.clear()
-        self.store.dispose()
+        self._by_descriptor.clear()
+        self.kv_store.dispose()

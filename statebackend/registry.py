@@ -23,6 +23,7 @@ from typing import Any
 
 from statebackend import canonical
 from statebackend.backend import KeyedStateBackend, StateHandle, StateMeta, new_state_id
+from statebackend.cache import DEFAULT_CACHE_BYTES
 from statebackend.errors import InvalidHandleError, RestoreError, UnknownBackendError
 from statebackend.keygroups import DEFAULT_MAX_PARALLELISM, KeyGroupRange
 from statebackend.serializers import DEFAULT_SERIALIZER, Serializer
@@ -64,7 +65,8 @@ class BackendConfig:
 
     `checkpoint_dir` is an fsspec URL (`file://`, `memory://`, `s3://`...) for snapshots;
     `local_dir` is a local working directory (for backends that need one); `options` are
-    backend-specific settings.
+    backend-specific settings; `cache_bytes` bounds the state cache of decoded values in front
+    of every backend's store (`statebackend.cache`).
     """
 
     name: str = "memory"
@@ -72,6 +74,7 @@ class BackendConfig:
     local_dir: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "streamlet"))
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    cache_bytes: int = DEFAULT_CACHE_BYTES
 
 
 RestoreSource = StateHandle | Mapping[str, Any]
@@ -138,6 +141,7 @@ def create_backend(
         clock=clock,
         states=states,
         storage_options=config.storage_options,
+        cache_bytes=config.cache_bytes,
     )
 
 

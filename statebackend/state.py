@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from statebackend import ttl as envelope
+from statebackend.cache import ABSENT, ENCODED, Entry, entry_size
 from statebackend.descriptors import (
     AggregatingStateDescriptor,
     ListStateDescriptor,
@@ -25,7 +26,7 @@ from statebackend.descriptors import (
 )
 from statebackend.errors import NoCurrentKeyError, SerializationError
 from statebackend.layout import EMPTY_COMPONENT, escape, prefix_end
-from statebackend.serializers import Serializer, failure_reason
+from statebackend.serializers import MsgpackSerializer, Serializer, failure_reason
 from statebackend.ttl import TtlUpdate
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 _IMMUTABLE_DEFAULTS = (int, float, str, bytes, bool, type(None))
 _PLAIN_HEADER = envelope.wrap(b"", None)
+_PLAIN_LEAD = _PLAIN_HEADER[0]  # the first byte of an envelope that never expires
+# Decoded values within msgpack's integers are kept decoded (`statebackend.cache`).
+_MIN_INT, _MAX_INT = -(1 << 63), (1 << 64) - 1
 
 
 class KeyedState:
@@ -40,7 +44,7 @@ class KeyedState:
 
     def __init__(self, backend: "KeyedStateBackend", state_id: int, descriptor: StateDescriptor):
         self._backend = backend
-        self._store = backend.store
+        self._store = backend.kv_store
         self._clock = backend.clock
         self._name = descriptor.name
         self._sid = state_id.to_bytes(2, "big")
@@ -63,10 +67,13 @@ class KeyedState:
             self._namespace = escape(data)
 
     def _key(self) -> bytes:
-        backend = self._backend
-        if backend.current_key_part is None:
-            raise NoCurrentKeyError(f"state '{self._name}' used before set_current_key()")
-        return backend.current_key_group + self._sid + backend.current_key_part + self._namespace
+        _, key_group, key_part = self._backend.current
+        if key_part is None:
+            raise self._no_current_key()
+        return key_group + self._sid + key_part + self._namespace
+
+    def _no_current_key(self) -> NoCurrentKeyError:
+        return NoCurrentKeyError(f"state '{self._name}' used before set_current_key()")
 
     def _serialize(self, serializer: Serializer, value: Any, what: str = "value") -> bytes:
         try:
@@ -98,6 +105,8 @@ class KeyedState:
 
     def _live_payload(self, key: bytes, stored: bytes) -> bytes | None:
         """The payload of a stored envelope, or None (and the entry removed) once it expired."""
+        if stored[0] == _PLAIN_LEAD:
+            return stored[1:]
         expiry = envelope.expiry_of(stored)
         if expiry is None:
             return envelope.payload_of(stored)
@@ -114,8 +123,135 @@ class KeyedState:
         """Remove the current key's value."""
         self._store.delete(self._key())
 
+    def write_back(self) -> None:
+        """Write what this state keeps in the state cache to the store (nothing, here)."""
 
-class ValueState(KeyedState):
+
+class _CachedState(KeyedState):
+    """A state with one entry per key and namespace, kept in the backend's state cache
+    (`statebackend.cache`): reads find decoded values there, writes are written back later."""
+
+    def __init__(
+        self,
+        backend: "KeyedStateBackend",
+        state_id: int,
+        descriptor: StateDescriptor,
+        serializer: Serializer,
+    ):
+        super().__init__(backend, state_id, descriptor)
+        self._serializer = serializer
+        # Values stay decoded only under the default serializer (see `statebackend.cache`).
+        self._decoded = type(serializer) is MsgpackSerializer
+        # Whether a number may replace a decoded value in its entry as it is (no expiry to set).
+        self._scalars_in_place = self._decoded and self._ttl is None
+        self._cached = backend.cache.state(serializer.serialize)
+        # The current key (`KeyedStateBackend.current`) when the store was last read: a write
+        # that follows that read (a read-modify-write) brings the key into the cache.
+        self._last_read: Any = None
+        self._entries = self._cached.entries
+        self._dirty = self._cached.dirty
+
+    def _cache_key(self) -> Any:
+        cache_key = self._backend.current[0]
+        return cache_key if self._namespace is EMPTY_COMPONENT else (cache_key, self._namespace)
+
+    def _read(self) -> Any:
+        """The current value (decoded), or ABSENT: from the cache, else from the store (a read
+        brings nothing into the cache)."""
+        entry = self._entries.get(self._cache_key())
+        if entry is None:
+            key = self._key()
+            self._last_read = self._backend.current
+            stored = self._store.get(key)
+            payload = None if stored is None else self._live_payload(key, stored)
+            return ABSENT if payload is None else self._deserialize(self._serializer, payload)
+        entry.used = True
+        value = entry.value
+        if entry.expiry is not None:
+            value = self._live(entry)
+        if value is ENCODED:
+            return self._deserialize(self._serializer, entry.payload)  # type: ignore[arg-type]
+        return value
+
+    def _write(self, value: Any) -> None:
+        """Set the current value (serialization errors are raised before anything changes)."""
+        cache_key = self._cache_key()
+        entry = self._entries.get(cache_key)
+        if entry is not None:
+            self._set(entry, value)
+        elif self._last_read is self._backend.current:  # a read-modify-write
+            self._admit(cache_key, value)
+        else:
+            self._store.put(self._key(), self._wrap(self._serialize(self._serializer, value)))
+
+    def _entry_value(self, value: Any) -> tuple[Any, bytes | None]:
+        """What an entry holds for `value`: the value and no payload when it stays decoded,
+        else ENCODED and the serialized value (serialization errors are raised here)."""
+        kind = type(value)
+        if self._decoded and (
+            (kind is int and _MIN_INT <= value <= _MAX_INT)
+            or kind is float
+            or kind is bool
+            or kind is bytes
+            or (kind is str and value.isascii())
+            or value is None
+        ):
+            return value, None
+        return ENCODED, self._serialize(self._serializer, value)
+
+    def _set(self, entry: Entry, value: Any) -> None:
+        """Set the value of a cached entry and mark it dirty."""
+        value, payload = self._entry_value(value)
+        expiry = None if self._ttl is None else self._clock() + self._ttl.ttl_ms
+        self._cached.resize(entry, entry_size(entry.key, value, payload))
+        entry.value, entry.payload, entry.expiry = value, payload, expiry
+        if not entry.dirty:
+            entry.dirty = True
+            self._dirty.append(entry)
+
+    def _admit(self, cache_key: Any, value: Any) -> None:
+        """Bring the current key into the cache with `value` (dirty), written after a read of
+        the store (`_last_read`); and remember the key, in use by a read-modify-write."""
+        key = self._key()
+        value, payload = self._entry_value(value)
+        expiry = None if self._ttl is None else self._clock() + self._ttl.ttl_ms
+        entry = self._cached.add(Entry(cache_key, key, value, payload, expiry))
+        entry.dirty = True
+        self._dirty.append(entry)
+        self._backend.remember_current_key()
+
+    def _live(self, entry: Entry) -> Any:
+        """The value of an entry that expires: ABSENT once it expired (the entry then deletes the
+        stored one), its expiry refreshed if reads refresh it."""
+        now = self._clock()
+        if entry.expiry <= now:  # type: ignore[operator]
+            entry.value, entry.payload, entry.expiry = ABSENT, None, None
+            self._cached.mark_dirty(entry)
+            return ABSENT
+        if self._refresh_on_read:
+            entry.expiry = now + self._ttl.ttl_ms  # type: ignore[union-attr]
+            self._cached.mark_dirty(entry)
+        return entry.value
+
+    def clear(self) -> None:
+        """Remove the current key's value."""
+        entry = self._entries.get(self._cache_key())
+        if entry is None:
+            self._store.delete(self._key())
+        else:
+            self._clear(entry)
+
+    def _clear(self, entry: Entry) -> None:
+        """Remove the value of a cached entry (it becomes a dirty ABSENT entry)."""
+        self._cached.resize(entry, entry_size(entry.key, ABSENT, None))
+        entry.value, entry.payload, entry.expiry = ABSENT, None, None
+        self._cached.mark_dirty(entry)
+
+    def write_back(self) -> None:
+        self._cached.write_back()
+
+
+class ValueState(_CachedState):
     """One value per key.
 
     >>> count = backend.get_state(ValueStateDescriptor("count", default=0))  # doctest: +SKIP
@@ -123,8 +259,7 @@ class ValueState(KeyedState):
     """
 
     def __init__(self, backend: "KeyedStateBackend", state_id: int, d: ValueStateDescriptor):
-        super().__init__(backend, state_id, d)
-        self._serializer = d.serializer
+        super().__init__(backend, state_id, d, d.serializer)
         self._default = d.default
         self._default_bytes = (
             None
@@ -133,25 +268,77 @@ class ValueState(KeyedState):
         )
 
     def value(self) -> Any:
-        key = self._key()
-        stored = self._store.get(key)
-        payload = None if stored is None else self._live_payload(key, stored)
-        if payload is None:
+        # `_read`, written out: this is the hot path of most jobs.
+        current = self._backend.current
+        cache_key = current[0]
+        if self._namespace is not EMPTY_COMPONENT:
+            cache_key = (cache_key, self._namespace)
+        entry = self._entries.get(cache_key)
+        if entry is not None:
+            entry.used = True
+            value = entry.value
+            if entry.expiry is not None:
+                value = self._live(entry)
+        else:  # read the store (a read brings nothing into the cache)
+            if current[2] is None:
+                raise self._no_current_key()
+            key = current[1] + self._sid + current[2] + self._namespace  # `_key`
+            self._last_read = current
+            stored = self._store.get(key)
+            if stored is None:
+                return self._default_value()
+            if stored[0] == _PLAIN_LEAD:  # `_live_payload` of an entry that never expires
+                return self._deserialize(self._serializer, stored[1:])
+            payload = self._live_payload(key, stored)
+            if payload is None:
+                return self._default_value()
+            return self._deserialize(self._serializer, payload)
+        if value is ABSENT:
             return self._default_value()
-        return self._deserialize(self._serializer, payload)
-
-    def update(self, value: Any) -> None:
-        """Set the value; `update(None)` clears it."""
-        if value is None:
-            self.clear()
-            return
-        payload = self._serialize(self._serializer, value)
-        self._store.put(self._key(), self._wrap(payload))
+        if value is ENCODED:
+            return self._deserialize(self._serializer, entry.payload)  # type: ignore[arg-type]
+        return value
 
     def _default_value(self) -> Any:
         if self._default_bytes is None:
             return self._default
         return self._deserialize(self._serializer, self._default_bytes)  # a fresh copy each time
+
+    def update(self, value: Any) -> None:
+        """Set the value; `update(None)` clears it."""
+        current = self._backend.current
+        cache_key = current[0]
+        if self._namespace is not EMPTY_COMPONENT:
+            cache_key = (cache_key, self._namespace)
+        entry = self._entries.get(cache_key)
+        if entry is None:
+            if value is None:
+                self._store.delete(self._key())
+            elif self._last_read is current:  # a read-modify-write
+                self._admit(cache_key, value)
+            else:  # write it through (`_key` and `_wrap`, written out)
+                if current[2] is None:
+                    raise self._no_current_key()
+                payload = self._serialize(self._serializer, value)
+                self._store.put(
+                    current[1] + self._sid + current[2] + self._namespace,
+                    _PLAIN_HEADER + payload if self._ttl is None else self._wrap(payload),
+                )
+            return
+        kind = type(value)
+        if (
+            entry.payload is None
+            and self._scalars_in_place
+            and (kind is int and _MIN_INT <= value <= _MAX_INT or kind is float or kind is bool)
+        ):  # the common case first: a number replacing a decoded value (charged as one)
+            entry.value = value
+            if not entry.dirty:
+                entry.dirty = True
+                self._dirty.append(entry)
+        elif value is None:
+            self._clear(entry)
+        else:
+            self._set(entry, value)
 
 
 class ListState(KeyedState):
@@ -300,50 +487,43 @@ class MapState(KeyedState):
                 yield key[start:], payload
 
 
-class ReducingState(KeyedState):
+class ReducingState(_CachedState):
     """A value per key; `add(v)` stores `reduce(current, v)`."""
 
     def __init__(self, backend: "KeyedStateBackend", state_id: int, d: ReducingStateDescriptor):
-        super().__init__(backend, state_id, d)
-        self._serializer = d.serializer
+        super().__init__(backend, state_id, d, d.serializer)
         self._reduce = d.reduce
 
     def get(self) -> Any:
-        key = self._key()
-        stored = self._store.get(key)
-        payload = None if stored is None else self._live_payload(key, stored)
-        return None if payload is None else self._deserialize(self._serializer, payload)
+        value = self._read()
+        return None if value is ABSENT else value  # a stored None is None too
 
     def add(self, value: Any) -> None:
-        current = self.get()
-        reduced = value if current is None else self._reduce(current, value)  # type: ignore[misc]
-        self._store.put(self._key(), self._wrap(self._serialize(self._serializer, reduced)))
+        current = self._read()
+        if current is ABSENT or current is None:
+            self._write(value)
+        else:
+            self._write(self._reduce(current, value))  # type: ignore[misc]
 
 
-class AggregatingState(KeyedState):
+class AggregatingState(_CachedState):
     """An accumulator per key; `add(v)` folds v in, `get()` returns the aggregate's result."""
 
     def __init__(self, backend: "KeyedStateBackend", state_id: int, d: AggregatingStateDescriptor):
-        super().__init__(backend, state_id, d)
-        self._serializer = d.accumulator_serializer
+        super().__init__(backend, state_id, d, d.accumulator_serializer)
         self._aggregate = d.aggregate
 
-    def _accumulator(self) -> Any:
-        key = self._key()
-        stored = self._store.get(key)
-        payload = None if stored is None else self._live_payload(key, stored)
-        return None if payload is None else self._deserialize(self._serializer, payload)
-
     def get(self) -> Any:
-        accumulator = self._accumulator()
-        return None if accumulator is None else self._aggregate.get_result(accumulator)  # type: ignore[union-attr]
+        accumulator = self._read()
+        if accumulator is ABSENT or accumulator is None:
+            return None
+        return self._aggregate.get_result(accumulator)  # type: ignore[union-attr]
 
     def add(self, value: Any) -> None:
-        accumulator = self._accumulator()
-        if accumulator is None:
+        accumulator = self._read()
+        if accumulator is ABSENT or accumulator is None:
             accumulator = self._aggregate.create_accumulator()  # type: ignore[union-attr]
-        accumulator = self._aggregate.add(value, accumulator)  # type: ignore[union-attr]
-        self._store.put(self._key(), self._wrap(self._serialize(self._serializer, accumulator)))
+        self._write(self._aggregate.add(value, accumulator))  # type: ignore[union-attr]
 
 
 def _underlying(error: Exception) -> BaseException | None:

@@ -32,7 +32,12 @@ from streamlet.functions import (
     WindowFunction,
 )
 from streamlet.graph import Edge, JobGraph, Node, NodeKind
-from streamlet.keyed import AggregateOperator, KeyedProcessOperator, ReduceOperator
+from streamlet.keyed import (
+    AggregateOperator,
+    KeyedProcessOperator,
+    ReduceOperator,
+    StatefulMapOperator,
+)
 from streamlet.operators import FilterOperator, FlatMapOperator, MapOperator, SinkOperator
 from streamlet.partitioners import (
     BroadcastPartitioner,
@@ -216,6 +221,27 @@ class KeyedStream(_Stream):
     def aggregate(self, aggregate: AggregateFunction, name: str = "aggregate") -> DataStream:
         """Emit the key's aggregate after each record (a rolling aggregate)."""
         return self._keyed(name, lambda: AggregateOperator(name, [self.key], aggregate))
+
+    def stateful_map(
+        self, fn: Callable[[Any, Any], tuple[Any, Any]], name: str = "stateful_map"
+    ) -> DataStream:
+        """Map each record with its key's state: `fn(state, value)` gets the state (None for a
+        key without one) and returns `(new_state, result)`; `new_state` is kept for the key
+        (None removes it) and `result` is emitted.
+
+        >>> from streamlet.connectors import CollectionSource, PrintSink
+        >>> def count(previous, word):
+        ...     total = (previous or 0) + 1
+        ...     return total, (word, total)
+        >>> job = Job("doc-stateful-map")
+        >>> words = job.source(CollectionSource(["a", "b", "a"]))
+        >>> _ = words.key_by(lambda word: word).stateful_map(count).sink(PrintSink())
+        >>> _ = job.execute({"checkpoint.dir": "memory://doc-sm", "state.dir": "memory://doc-sm"})
+        ('a', 1)
+        ('b', 1)
+        ('a', 2)
+        """
+        return self._keyed(name, lambda: StatefulMapOperator(name, [self.key], fn))
 
     def window(self, assigner: WindowAssigner) -> "WindowedStream":
         return WindowedStream(self, assigner)

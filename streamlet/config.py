@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from statebackend import BackendConfig
+from statebackend.cache import DEFAULT_CACHE_BYTES
 from statebackend.lsm.backend import parse_options
 from streamlet.backend_keys import (
     CLIENT_KEYS,
@@ -104,6 +105,16 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "Local working directory of the state backends (RocksDB files, LSM cache). "
         "Default: <tmp>/streamlet.",
         str,
+    ),
+    ConfigOption(
+        "state.cache-bytes",
+        "int",
+        DEFAULT_CACHE_BYTES,
+        "Bytes (estimated) of the state cache of each keyed operator subtask: decoded values of "
+        "value, reducing and aggregating state, kept in front of the backend's store and "
+        "written back at checkpoints, before scans and on eviction; a quarter of it remembers "
+        "keys. 0: at most one value.",
+        parse_count,
     ),
     ConfigOption(
         "checkpoint.dir",
@@ -551,4 +562,5 @@ class Configuration:
             local_dir=self.get("state.local-dir"),
             storage_options=self.get("dfs.storage-options"),
             options=options,
+            cache_bytes=self.get("state.cache-bytes"),
         )

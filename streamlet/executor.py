@@ -355,7 +355,7 @@ class Execution:
                     continue
                 partitioner = edge.partitioner.copy()
                 partitioner.bind(len(channels), u, self.max_parallelism)
-                writer = RecordWriter(channels, partitioner, self.batch_size)
+                writer = RecordWriter(channels, partitioner, self.batch_size, up.nodes[-1].name)
                 writers.setdefault((up.id, u), []).append((edge.tag, writer))
         subtasks: list[Subtask] = []
         sources: list[SourceSubtask] = []

@@ -4,7 +4,9 @@
 `{job}/{uid}/{subtask}`, sets the current key from each record, fires timers as watermarks and
 processing time advance, and snapshots the backend (timers included) on checkpoints.
 `KeyedProcessOperator` runs a `KeyedProcessFunction`; `ReduceOperator` and `AggregateOperator`
-keep a rolling value per key and emit it after every record.
+keep a rolling value per key and emit it after every record; `StatefulMapOperator` maps each
+record with its key's state and keeps the state the function returns. All of them take records a
+batch at a time (`process_batch`) and emit what the batch produced as one batch.
 
 On a restore (`redistribute`), each new subtask gets the snapshots of the old subtasks whose key
 groups overlap its own, so state, timers and windows move with their key groups whatever the
@@ -37,9 +39,10 @@ from statebackend import (
 from statebackend.canonical import CANONICAL
 from statebackend.dfs import join
 from streamlet.elements import Record, SavepointTarget, Watermark
-from streamlet.errors import CheckpointError, OperatorError, StreamletError
+from streamlet.errors import CheckpointError, OperatorError, StreamletError, describe_record
 from streamlet.functions import AggregateFunction, KeyedProcessFunction, OutputTag
 from streamlet.operators import Operator, RestoreTarget
+from streamlet.outputs import Timestamps
 from streamlet.partitioners import KeySelector
 from streamlet.timers import TIMERS, TimerService
 
@@ -208,19 +211,28 @@ def declared_descriptors(function: object) -> list[StateDescriptor]:
 
 
 class _ProcessContext:
-    """The `KeyedContext` a `KeyedProcessFunction` sees."""
+    """The `KeyedContext` a `KeyedProcessFunction` sees. `state(descriptor)` returns the handle
+    of the descriptor asked for last at once (most functions use one per record), any other from
+    the backend's `get_state`."""
 
     def __init__(self, operator: "KeyedProcessOperator") -> None:
         self._operator = operator
         self.key: Any = None
         self.timestamp: int | None = None
+        self._get_state = operator.backend.get_state
+        self._last: tuple[Any, Any] = (None, None)  # (descriptor, its handle)
+
+    def state(self, descriptor: Any) -> Any:
+        last, handle = self._last
+        if descriptor is last:
+            return handle
+        handle = self._get_state(descriptor)
+        self._last = (descriptor, handle)
+        return handle
 
     @property
     def timers(self) -> TimerService:
         return self._operator.timers
-
-    def state(self, descriptor: Any) -> Any:
-        return self._operator.backend.get_state(descriptor)
 
     def output(self, tag: OutputTag, value: Any) -> None:
         self._operator.output.collect_side(tag.name, Record(value, self.timestamp))
@@ -241,11 +253,43 @@ class KeyedProcessOperator(KeyedOperator):
         self._ctx = _ProcessContext(self)
         self._function.open(self.context.runtime)
 
-    def process(self, record: Record, input_index: int) -> None:
+    def process_batch(
+        self, values: list[Any], timestamps: Timestamps, input_index: int
+    ) -> None:
+        select = self._key_selectors[input_index]
+        set_key = self.backend.set_current_key
+        process_element = self._function.process_element
         ctx = self._ctx
-        ctx.key = self.set_key(record, input_index)
-        ctx.timestamp = record.timestamp
-        self._emit(self._function.process_element(record.value, ctx), record.timestamp)
+        results: list[Any] = []
+        extend = results.extend
+        result_timestamps: Timestamps = None if timestamps is None else []
+        try:
+            if timestamps is None:
+                ctx.timestamp = None
+                for value in values:
+                    key = select(value)
+                    set_key(key)
+                    ctx.key = key
+                    produced = process_element(value, ctx)
+                    if produced is not None:
+                        extend(produced)
+            else:
+                for value, timestamp in zip(values, timestamps, strict=True):
+                    key = select(value)
+                    set_key(key)
+                    ctx.key, ctx.timestamp = key, timestamp
+                    produced = process_element(value, ctx)
+                    if produced is not None:
+                        before = len(results)
+                        extend(produced)
+                        added = len(results) - before
+                        result_timestamps.extend([timestamp] * added)  # type: ignore[union-attr]
+        except StreamletError:
+            raise
+        except Exception as e:
+            raise OperatorError(self.name, describe_record(value), e) from e
+        if results:
+            self.output.collect_batch(results, result_timestamps)
 
     def on_event_timer(self, key: Any, namespace: Any, timestamp: int) -> None:
         self._on_timer(key, timestamp, timestamp)
@@ -283,12 +327,25 @@ class ReduceOperator(KeyedOperator):
         await super().open(state)
         self._state = self.backend.get_state(self.STATE)
 
-    def process(self, record: Record, input_index: int) -> None:
-        self.set_key(record, input_index)
-        previous = self._state.value()
-        value = record.value if previous is None else self._reduce(previous, record.value)
-        self._state.update(value)
-        self.output.collect(Record(value, record.timestamp))
+    def process_batch(
+        self, values: list[Any], timestamps: Timestamps, input_index: int
+    ) -> None:
+        select = self._key_selectors[input_index]
+        set_key = self.backend.set_current_key
+        state, reduce = self._state, self._reduce
+        results: list[Any] = []
+        try:
+            for value in values:
+                set_key(select(value))
+                previous = state.value()
+                reduced = value if previous is None else reduce(previous, value)
+                state.update(reduced)
+                results.append(reduced)
+        except StreamletError:
+            raise
+        except Exception as e:
+            raise OperatorError(self.name, describe_record(value), e) from e
+        self.output.collect_batch(results, timestamps)
 
 
 class AggregateOperator(KeyedOperator):
@@ -307,7 +364,62 @@ class AggregateOperator(KeyedOperator):
         await super().open(state)
         self._state = self.backend.get_state(self._descriptor)
 
-    def process(self, record: Record, input_index: int) -> None:
-        self.set_key(record, input_index)
-        self._state.add(record.value)
-        self.output.collect(Record(self._state.get(), record.timestamp))
+    def process_batch(
+        self, values: list[Any], timestamps: Timestamps, input_index: int
+    ) -> None:
+        select = self._key_selectors[input_index]
+        set_key = self.backend.set_current_key
+        state = self._state
+        results: list[Any] = []
+        try:
+            for value in values:
+                set_key(select(value))
+                state.add(value)
+                results.append(state.get())
+        except StreamletError:
+            raise
+        except Exception as e:
+            raise OperatorError(self.name, describe_record(value), e) from e
+        self.output.collect_batch(results, timestamps)
+
+
+class StatefulMapOperator(KeyedOperator):
+    """Calls `fn(state, value)` per record with the key's state (None at first), which returns
+    `(new_state, result)`: `new_state` becomes the key's state (None removes it), `result` is
+    emitted."""
+
+    STATE = ValueStateDescriptor("stateful-map")
+
+    def __init__(
+        self, name: str, key_selectors: list[KeySelector], fn: Callable[[Any, Any], Any]
+    ) -> None:
+        super().__init__(name, key_selectors)
+        self._fn = fn
+
+    def state_descriptors(self) -> list[StateDescriptor]:
+        return [*super().state_descriptors(), self.STATE]
+
+    async def open(self, state: Any | None) -> None:
+        await super().open(state)
+        self._state = self.backend.get_state(self.STATE)
+
+    def process_batch(
+        self, values: list[Any], timestamps: Timestamps, input_index: int
+    ) -> None:
+        select = self._key_selectors[input_index]
+        set_key = self.backend.set_current_key
+        read, write, fn = self._state.value, self._state.update, self._fn
+        results: list[Any] = []
+        append = results.append
+        try:
+            for value in values:
+                set_key(select(value))
+                state, result = fn(read(), value)
+                write(state)
+                append(result)
+        except StreamletError:
+            raise
+        except Exception as e:
+            raise OperatorError(self.name, describe_record(value), e) from e
+        self.output.collect_batch(results, timestamps)
+

@@ -118,7 +118,4 @@ class JobMetrics:
 
 def _store_metrics(backend: KeyedStateBackend) -> dict[str, float]:
     """What the backend's store reports through `metrics()`, if it has one."""
-    metrics = getattr(backend.store, "metrics", None)
-    if metrics is None:
-        return {}
-    return {key: float(value or 0) for key, value in metrics().items()}
+    return {key: float(value or 0) for key, value in backend.metrics().items()}

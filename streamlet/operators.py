@@ -1,9 +1,13 @@
 """Operators: what runs inside a subtask for one node of the job graph.
 
 An `Operator` gets records (synchronously, in order), watermarks and checkpoint calls from its
-subtask, and emits to its `Output`. This module holds the base class, the context it is opened
-with, and the stateless operators (map, filter, flat_map) and the sink operator. Keyed operators
-are in `streamlet.keyed`, windows in `streamlet.windows`, joins in `streamlet.joins`.
+subtask, and emits to its `Output`. Records come in batches (`process_batch`: the values and
+their timestamps, one call per run of records of an input batch) or one at a time (`process`);
+an operator implements either, the base class makes the other of it. A batch operator emits its
+results as one batch after the input batch, and names the record whose user code failed
+(`OperatorError`). This module holds the base class, the context it is opened with, and the
+stateless operators (map, filter, flat_map) and the sink operator, all batch operators. Keyed
+operators are in `streamlet.keyed`, windows in `streamlet.windows`, joins in `streamlet.joins`.
 
 On a restore, an operator defines how the states its old subtasks snapshot are shared out among
 the new subtasks (`redistribute`, given a `RestoreTarget`): the identity at the same parallelism;
@@ -22,10 +26,10 @@ from statebackend import BackendConfig, KeyedStateBackend, KeyGroupRange, create
 from statebackend.registry import RestoreSource
 from streamlet.connectors.base import Sink, SinkWriter
 from streamlet.elements import Record, SavepointTarget, Watermark
-from streamlet.errors import CheckpointError
+from streamlet.errors import CheckpointError, OperatorError, StreamletError, describe_record
 from streamlet.functions import RuntimeContext
 from streamlet.metrics import JobMetrics
-from streamlet.outputs import Output
+from streamlet.outputs import Output, Timestamps
 
 if TYPE_CHECKING:
     from streamlet.config import Configuration
@@ -115,7 +119,27 @@ class Operator:
         returned in the restored checkpoint, None on a fresh start."""
 
     def process(self, record: Record, input_index: int) -> None:
-        raise NotImplementedError
+        """One record; by default a batch of one (`process_batch`). Override one of the two."""
+        timestamps = None if record.timestamp is None else [record.timestamp]
+        self.process_batch([record.value], timestamps, input_index)
+
+    def process_batch(
+        self, values: list[Any], timestamps: Timestamps, input_index: int
+    ) -> None:
+        """Records in order: `values[i]` at `timestamps[i]` (None: no timestamps). By default
+        one by one through `process`, a failure naming this operator and the record."""
+        process = self.process
+        try:
+            if timestamps is None:
+                for value in values:
+                    process(Record(value, None), input_index)
+            else:
+                for value, timestamp in zip(values, timestamps, strict=True):
+                    process(Record(value, timestamp), input_index)
+        except StreamletError:
+            raise
+        except Exception as e:
+            raise OperatorError(self.name, describe_record(value), e) from e
 
     def process_watermark(self, watermark: Watermark) -> None:
         self.output.watermark_everywhere(watermark)
@@ -156,8 +180,20 @@ class MapOperator(Operator):
         super().__init__(name)
         self._fn = fn
 
-    def process(self, record: Record, input_index: int) -> None:
-        self.output.collect(Record(self._fn(record.value), record.timestamp))
+    def process_batch(
+        self, values: list[Any], timestamps: Timestamps, input_index: int
+    ) -> None:
+        fn = self._fn
+        results: list[Any] = []
+        append = results.append
+        try:
+            for value in values:
+                append(fn(value))
+        except StreamletError:
+            raise
+        except Exception as e:
+            raise OperatorError(self.name, describe_record(value), e) from e
+        self.output.collect_batch(results, timestamps)
 
 
 class FilterOperator(Operator):
@@ -165,9 +201,28 @@ class FilterOperator(Operator):
         super().__init__(name)
         self._predicate = predicate
 
-    def process(self, record: Record, input_index: int) -> None:
-        if self._predicate(record.value):
-            self.output.collect(record)
+    def process_batch(
+        self, values: list[Any], timestamps: Timestamps, input_index: int
+    ) -> None:
+        predicate = self._predicate
+        kept: list[Any] = []
+        kept_timestamps: Timestamps = None if timestamps is None else []
+        try:
+            if timestamps is None:
+                for value in values:
+                    if predicate(value):
+                        kept.append(value)
+            else:
+                for value, timestamp in zip(values, timestamps, strict=True):
+                    if predicate(value):
+                        kept.append(value)
+                        kept_timestamps.append(timestamp)  # type: ignore[union-attr]
+        except StreamletError:
+            raise
+        except Exception as e:
+            raise OperatorError(self.name, describe_record(value), e) from e
+        if kept:
+            self.output.collect_batch(kept, kept_timestamps)
 
 
 class FlatMapOperator(Operator):
@@ -175,12 +230,32 @@ class FlatMapOperator(Operator):
         super().__init__(name)
         self._fn = fn
 
-    def process(self, record: Record, input_index: int) -> None:
-        results = self._fn(record.value)
-        if results is not None:
-            collect, timestamp = self.output.collect, record.timestamp
-            for value in results:
-                collect(Record(value, timestamp))
+    def process_batch(
+        self, values: list[Any], timestamps: Timestamps, input_index: int
+    ) -> None:
+        fn = self._fn
+        results: list[Any] = []
+        result_timestamps: Timestamps = None if timestamps is None else []
+        try:
+            if timestamps is None:
+                for value in values:
+                    produced = fn(value)
+                    if produced is not None:
+                        results.extend(produced)
+            else:
+                for value, timestamp in zip(values, timestamps, strict=True):
+                    produced = fn(value)
+                    if produced is not None:
+                        before = len(results)
+                        results.extend(produced)
+                        added = len(results) - before
+                        result_timestamps.extend([timestamp] * added)  # type: ignore[union-attr]
+        except StreamletError:
+            raise
+        except Exception as e:
+            raise OperatorError(self.name, describe_record(value), e) from e
+        if results:
+            self.output.collect_batch(results, result_timestamps)
 
 
 class SinkOperator(Operator):
@@ -196,9 +271,22 @@ class SinkOperator(Operator):
         self._writer = self._sink.create_writer(self.context.runtime)
         await self._writer.open(state)
 
-    def process(self, record: Record, input_index: int) -> None:
-        self._writer.write(record.value, record.timestamp)  # type: ignore[union-attr]
-        self.context.metrics.records_out += 1
+    def process_batch(
+        self, values: list[Any], timestamps: Timestamps, input_index: int
+    ) -> None:
+        write = self._writer.write  # type: ignore[union-attr]
+        try:
+            if timestamps is None:
+                for value in values:
+                    write(value, None)
+            else:
+                for value, timestamp in zip(values, timestamps, strict=True):
+                    write(value, timestamp)
+        except StreamletError:
+            raise
+        except Exception as e:
+            raise OperatorError(self.name, describe_record(value), e) from e
+        self.context.metrics.records_out += len(values)
 
     async def drain(self) -> None:
         await self._writer.drain()  # type: ignore[union-attr]

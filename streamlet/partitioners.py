@@ -3,6 +3,8 @@
 - `ForwardPartitioner`: subtask i sends to subtask i (equal parallelism; the default if possible).
 - `KeyGroupPartitioner`: key -> stable hash -> key group -> the subtask owning that key group
   (Flink's formula, `statebackend.keygroups`): a key always reaches the subtask with its state.
+  The channels of keys of the exact types `str`, `int` and `bytes` are remembered (up to
+  `REMEMBERED_KEYS` keys, then afresh), so a key seen again is not serialized and hashed again.
 - `RebalancePartitioner`: round-robin over all downstream subtasks.
 - `BroadcastPartitioner`: every downstream subtask gets every record.
 """
@@ -14,6 +16,7 @@ from statebackend.keygroups import key_group_of, subtask_of_key_group
 from statebackend.serializers import DEFAULT_SERIALIZER
 
 KeySelector = Callable[[Any], Any]
+REMEMBERED_KEYS = 1 << 16
 
 
 def key_group_of_key(key: Any, max_parallelism: int) -> int:
@@ -72,10 +75,24 @@ class KeyGroupPartitioner(Partitioner):
 
     def __init__(self, key_selector: KeySelector) -> None:
         self.key_selector = key_selector
+        self._remembered: dict[Any, int] = {}
 
     def copy(self) -> "KeyGroupPartitioner":
         return KeyGroupPartitioner(self.key_selector)
 
     def select(self, value: Any) -> int:
-        key_group = key_group_of_key(self.key_selector(value), self.max_parallelism)
+        key = self.key_selector(value)
+        kind = type(key)
+        if kind is not str and kind is not int and kind is not bytes:
+            return self._channel_of(key)
+        channel = self._remembered.get(key)
+        if channel is None:
+            channel = self._channel_of(key)
+            if len(self._remembered) >= REMEMBERED_KEYS:
+                self._remembered.clear()
+            self._remembered[key] = channel
+        return channel
+
+    def _channel_of(self, key: Any) -> int:
+        key_group = key_group_of_key(key, self.max_parallelism)
         return subtask_of_key_group(self.max_parallelism, self.channels, key_group)

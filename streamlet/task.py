@@ -1,10 +1,11 @@
 """Subtasks: one asyncio task runs one parallel instance of a chain of operators.
 
 A `SourceSubtask` reads batches from its `SourceReader`, assigns timestamps and watermarks, and
-pushes records through its chain; it starts checkpoints when the coordinator asks (recording the
-reader's position and emitting a barrier). An `OperatorSubtask` reads batches from its input gate
-(bounded channels), hands records to the head of its chain, fires processing-time timers, and
-snapshots its operators once barriers are aligned. Both flush their outputs into the downstream
+pushes each batch through its chain in one call; it starts checkpoints when the coordinator asks
+(recording the reader's position and emitting a barrier). An `OperatorSubtask` reads batches from
+its input gate (bounded channels), hands each run of records (`Records`) to the head of its chain
+in one call (`Operator.process_batch`), fires processing-time timers, and snapshots its operators
+once barriers are aligned. Both flush their outputs into the downstream
 channels after every batch, so a slow consumer slows its producers (backpressure).
 
 When checkpoints fall out of retention, subtask i of p releases the state that old subtasks j
@@ -29,7 +30,7 @@ from streamlet.elements import (
     Element,
     EndOfInput,
     IdleStatus,
-    Record,
+    Records,
     SavepointTarget,
     Watermark,
 )
@@ -256,16 +257,22 @@ class SourceSubtask(Subtask):
             self._broadcast(IdleStatus(idle))
 
     def _emit(self, values: list[Any]) -> None:
+        """Hand a batch read from the source to the chain, with the timestamps it assigns."""
         self.metrics.records_in += len(values)
-        collect, generator = self.head.collect, self.generator
-        for value in values:
-            try:
-                timestamp = None if generator is None else generator.on_event(value)
-                collect(Record(value, timestamp))
-            except StreamletError:
-                raise
-            except Exception as e:
-                raise OperatorError(self.source_name, describe_record(value), e) from e
+        generator = self.generator
+        if generator is None:
+            self.head.collect_batch(values, None)
+            return
+        on_event = generator.on_event
+        timestamps: list[int | None] = []
+        try:
+            for value in values:
+                timestamps.append(on_event(value))
+        except StreamletError:
+            raise
+        except Exception as e:
+            raise OperatorError(self.source_name, describe_record(value), e) from e
+        self.head.collect_batch(values, timestamps)
 
     def _emit_watermark(self, last: int | None) -> int | None:
         if self.generator is None:
@@ -292,8 +299,7 @@ class OperatorSubtask(Subtask):
 
     async def _process_until_end(self) -> None:
         gate = self.gate
-        head = self.operators[0][1]
-        process = head.process
+        process_batch = self.operators[0][1].process_batch  # names a failing record itself
         while True:
             got = await gate.next_batch(self._timer_timeout())
             self._fire_processing_timers()
@@ -304,13 +310,8 @@ class OperatorSubtask(Subtask):
             input_index = gate.input_index(channel)
             ended = False
             for element in batch:
-                if type(element) is Record:
-                    try:
-                        process(element, input_index)
-                    except StreamletError:
-                        raise
-                    except Exception as e:
-                        raise OperatorError(head.name, describe_record(element.value), e) from e
+                if type(element) is Records:
+                    process_batch(element.values, element.timestamps, input_index)
                 else:
                     for event in gate.handle(channel, element):
                         ended = await self._on_event(event) or ended

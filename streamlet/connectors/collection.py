@@ -45,7 +45,10 @@ class _CollectionReader(SourceReader):
             self._splits = IndexSplits(position, len(self._items))
 
     async def read_batch(self, max_records: int) -> list[Any]:
-        return [self._items[index] for index in self._splits.take(max_records)]
+        indices = self._splits.take(max_records)
+        if isinstance(indices, range):  # one split: a slice
+            return self._items[indices.start : indices.stop : indices.step]
+        return [self._items[index] for index in indices]
 
     @property
     def finished(self) -> bool:

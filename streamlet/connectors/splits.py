@@ -18,6 +18,7 @@ without partitions).
 """
 
 import heapq
+from collections.abc import Sequence
 from typing import Any
 
 from streamlet.errors import CheckpointError
@@ -71,15 +72,16 @@ class IndexSplits:
     def finished(self) -> bool:
         return self._end is not None and all(next_ >= self._end for next_, _ in self._splits)
 
-    def take(self, count: int) -> list[int]:
-        """Up to `count` next indices, in ascending order."""
+    def take(self, count: int) -> Sequence[int]:
+        """Up to `count` next indices, in ascending order (a `range` for a single split, so that
+        a reader of a sequence can slice it)."""
         end = self._end
         if len(self._splits) == 1:  # the common case, without a merge
             split = self._splits[0]
             stop = split[0] + count * split[1]
             indices = range(split[0], stop if end is None else min(stop, end), split[1])
             split[0] += len(indices) * split[1]
-            return list(indices)
+            return indices
         heap = [(s[0], i) for i, s in enumerate(self._splits) if end is None or s[0] < end]
         heapq.heapify(heap)
         indices = []
