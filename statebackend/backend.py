@@ -8,6 +8,10 @@ A state's id (two bytes of every physical key) is derived from its name (`new_st
 subtasks of an operator agree on it and a rescale can combine their snapshots as they are; a
 snapshot records `name -> id`, and a restore keeps the recorded ids.
 
+`prefetch(keys, max_bytes)` reads the one-entry states of many keys ahead, concurrently, when the
+store can (see `statebackend.store`): a runtime calls it for a batch of records, off its event
+loop, before it runs them.
+
 A savepoint (`savepoint(checkpoint_id, directory, format)`) writes the state into a directory the
 user owns: `native`, the store's own format (`KvStore.savepoint`), or `canonical`, the entries of
 the store's `scan` in a file any backend restores (`statebackend.canonical`).
@@ -23,7 +27,7 @@ the store's `scan` in a file any backend restores (`statebackend.canonical`).
 >>> backend.dispose()
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -322,6 +326,34 @@ class KeyedStateBackend:
         if key_part is None:
             raise NoCurrentKeyError("key_prefix() called before set_current_key()")
         return key_group + meta.state_id.to_bytes(2, "big") + key_part + EMPTY_COMPONENT
+
+    def prefetch(self, keys: Iterable[Any], max_bytes: int) -> None:
+        """Read ahead what the one-entry states used so far (value, reducing, aggregating and
+        list state, default namespace) hold for `keys` and the state cache does not, if the
+        store reads ahead (its optional `prefetch`, which holds at most about `max_bytes` of
+        values), so that the following reads of them do not wait for storage. A key that cannot
+        be used is skipped (using it raises as usual). Blocks: call it off the event loop, while
+        nothing else uses this backend."""
+        prefetch = getattr(self.kv_store, "prefetch", None)
+        if prefetch is None or not self._handles:
+            return
+        handles = list(self._handles.values())
+        known = self._known_keys
+        wanted: list[bytes] = []
+        for key in keys:
+            kind = type(key)
+            current = known.get(key) if kind is str or kind is int or kind is bytes else None
+            if current is None:
+                try:
+                    current = self._resolve(key)
+                except StateError:
+                    continue
+            for handle in handles:
+                physical = handle.ahead_key(current)
+                if physical is not None:
+                    wanted.append(physical)
+        if wanted:
+            prefetch(wanted, max_bytes)
 
     @property
     def state_names(self) -> list[str]:

@@ -30,7 +30,7 @@ from statebackend.serializers import MsgpackSerializer, Serializer, failure_reas
 from statebackend.ttl import TtlUpdate
 
 if TYPE_CHECKING:
-    from statebackend.backend import KeyedStateBackend
+    from statebackend.backend import CurrentKey, KeyedStateBackend
 
 _IMMUTABLE_DEFAULTS = (int, float, str, bytes, bool, type(None))
 _PLAIN_HEADER = envelope.wrap(b"", None)
@@ -126,6 +126,15 @@ class KeyedState:
     def write_back(self) -> None:
         """Write what this state keeps in the state cache to the store (nothing, here)."""
 
+    def ahead_key(self, current: "CurrentKey") -> bytes | None:
+        """The physical key to read ahead for `current` (`KeyedStateBackend.prefetch`): the
+        entry of a one-entry state in the default namespace, unless the state cache holds it;
+        None for other states."""
+        return None
+
+    def _default_key(self, current: "CurrentKey") -> bytes:
+        return current[1] + self._sid + current[2] + EMPTY_COMPONENT  # type: ignore[operator]
+
 
 class _CachedState(KeyedState):
     """A state with one entry per key and namespace, kept in the backend's state cache
@@ -150,6 +159,9 @@ class _CachedState(KeyedState):
         self._last_read: Any = None
         self._entries = self._cached.entries
         self._dirty = self._cached.dirty
+
+    def ahead_key(self, current: "CurrentKey") -> bytes | None:
+        return None if current[0] in self._entries else self._default_key(current)
 
     def _cache_key(self) -> Any:
         cache_key = self._backend.current[0]
@@ -347,6 +359,9 @@ class ListState(KeyedState):
     def __init__(self, backend: "KeyedStateBackend", state_id: int, d: ListStateDescriptor):
         super().__init__(backend, state_id, d)
         self._serializer = d.serializer
+
+    def ahead_key(self, current: "CurrentKey") -> bytes | None:
+        return self._default_key(current)
 
     def get(self) -> list[Any]:
         key = self._key()

@@ -10,6 +10,12 @@ snapshots of several old subtasks (`RescaleSource`s): a factory may do that nati
 `open_rescaled(context, sources)`; without it, `statebackend.registry` fills a new empty store from
 `export` of each source.
 
+Reading ahead and write stalls, for a runtime that never blocks its event loop: a store may read
+keys ahead, concurrently (the optional `prefetch(keys, max_bytes)`, after which `get` of those
+keys waits for nothing), and may put its write stalls off (`defer_write_stalls()`, then
+`writes_stalled()` and `wait_writable()`, which blocks and is called off the event loop). Both are
+optional: `lsm` has them, `memory` and `rocksdb` (local) do not.
+
 Savepoints: a store may write its own format into a savepoint's directory (the optional
 `KvStore.savepoint`, a `native` savepoint); every store can be saved in the `canonical` format
 from its `scan` (`statebackend.canonical`). A native savepoint belongs to the user: the store never

@@ -117,6 +117,31 @@ OPTIONS: tuple[ConfigOption, ...] = (
         parse_count,
     ),
     ConfigOption(
+        "state.async.enabled",
+        "bool",
+        True,
+        "Read keyed state ahead for each batch of records, concurrently and off the event loop "
+        "(the lsm backend), and await a write stall of the store instead of blocking the event "
+        "loop; false: every state access is synchronous, on the event loop.",
+        parse_bool,
+    ),
+    ConfigOption(
+        "state.async.max-records",
+        "int",
+        1024,
+        "Most records of a keyed operator subtask whose state is read ahead at once: a larger "
+        "input batch is split into parts of this many records, each read ahead and run in turn.",
+        parse_positive,
+    ),
+    ConfigOption(
+        "state.async.max-bytes",
+        "int",
+        16 << 20,
+        "Most bytes of keys and values a keyed operator subtask holds of what it read ahead; "
+        "values beyond them are read again, synchronously, when the records ask for them.",
+        parse_positive,
+    ),
+    ConfigOption(
         "checkpoint.dir",
         "url",
         None,

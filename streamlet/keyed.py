@@ -6,7 +6,9 @@ processing time advance, and snapshots the backend (timers included) on checkpoi
 `KeyedProcessOperator` runs a `KeyedProcessFunction`; `ReduceOperator` and `AggregateOperator`
 keep a rolling value per key and emit it after every record; `StatefulMapOperator` maps each
 record with its key's state and keeps the state the function returns. All of them take records a
-batch at a time (`process_batch`) and emit what the batch produced as one batch.
+batch at a time (`process_batch`) and emit what the batch produced as one batch. With
+`state.async.enabled`, a keyed operator's batches run through an `AsyncStateAccess`
+(`streamlet.async_state`: state read ahead and write stalls awaited off the event loop).
 
 On a restore (`redistribute`), each new subtask gets the snapshots of the old subtasks whose key
 groups overlap its own, so state, timers and windows move with their key groups whatever the
@@ -38,6 +40,7 @@ from statebackend import (
 )
 from statebackend.canonical import CANONICAL
 from statebackend.dfs import join
+from streamlet.async_state import AsyncStateAccess
 from streamlet.elements import Record, SavepointTarget, Watermark
 from streamlet.errors import CheckpointError, OperatorError, StreamletError, describe_record
 from streamlet.functions import AggregateFunction, KeyedProcessFunction, OutputTag
@@ -97,6 +100,20 @@ class KeyedOperator(Operator):
         self.timers = TimerService(self.backend)
         if state is not None:
             self.timers.restore()
+        config = self.context.config
+        self._async_state = (
+            AsyncStateAccess.of(
+                self.backend,
+                self._key_selectors,
+                config.get("state.async.max-records"),
+                config.get("state.async.max-bytes"),
+            )
+            if config is not None and config.get("state.async.enabled")
+            else None
+        )
+
+    def async_state(self) -> AsyncStateAccess | None:
+        return self._async_state
 
     def set_key(self, record: Record, input_index: int) -> Any:
         key = self._key_selectors[input_index](record.value)

@@ -32,6 +32,7 @@ from streamlet.metrics import JobMetrics
 from streamlet.outputs import Output, Timestamps
 
 if TYPE_CHECKING:
+    from streamlet.async_state import AsyncStateAccess
     from streamlet.config import Configuration
 
 
@@ -140,6 +141,11 @@ class Operator:
             raise
         except Exception as e:
             raise OperatorError(self.name, describe_record(value), e) from e
+
+    def async_state(self) -> "AsyncStateAccess | None":
+        """How the subtask runs this operator's input batches when it heads its chain: after
+        awaiting its keyed state (`streamlet.async_state`); None: as they come."""
+        return None
 
     def process_watermark(self, watermark: Watermark) -> None:
         self.output.watermark_everywhere(watermark)

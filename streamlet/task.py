@@ -4,8 +4,10 @@ A `SourceSubtask` reads batches from its `SourceReader`, assigns timestamps and 
 pushes each batch through its chain in one call; it starts checkpoints when the coordinator asks
 (recording the reader's position and emitting a barrier). An `OperatorSubtask` reads batches from
 its input gate (bounded channels), hands each run of records (`Records`) to the head of its chain
-in one call (`Operator.process_batch`), fires processing-time timers, and snapshots its operators
-once barriers are aligned. Both flush their outputs into the downstream
+in one call (`Operator.process_batch`; a keyed head operator's batches through its
+`AsyncStateAccess`, which awaits the state they need off the event loop first:
+`streamlet.async_state`), fires processing-time timers, and snapshots its operators once barriers
+are aligned. Both flush their outputs into the downstream
 channels after every batch, so a slow consumer slows its producers (backpressure).
 
 When checkpoints fall out of retention, subtask i of p releases the state that old subtasks j
@@ -299,7 +301,9 @@ class OperatorSubtask(Subtask):
 
     async def _process_until_end(self) -> None:
         gate = self.gate
-        process_batch = self.operators[0][1].process_batch  # names a failing record itself
+        head = self.operators[0][1]
+        process_batch = head.process_batch  # names a failing record itself
+        async_state = head.async_state()
         while True:
             got = await gate.next_batch(self._timer_timeout())
             self._fire_processing_timers()
@@ -311,7 +315,12 @@ class OperatorSubtask(Subtask):
             ended = False
             for element in batch:
                 if type(element) is Records:
-                    process_batch(element.values, element.timestamps, input_index)
+                    if async_state is None:
+                        process_batch(element.values, element.timestamps, input_index)
+                    else:
+                        await async_state.run(
+                            element.values, element.timestamps, input_index, process_batch
+                        )
                 else:
                     for event in gate.handle(channel, element):
                         ended = await self._on_event(event) or ended

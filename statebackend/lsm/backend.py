@@ -44,6 +44,7 @@ configuration keys); strings are converted for backends configured by hand.
 """
 
 import dataclasses
+import logging
 import os
 import posixpath
 import shutil
@@ -76,6 +77,8 @@ from statebackend.store import RescaleSource, StoreContext, StoreHandle, key_ran
 
 NAME = "lsm"
 HANDLE_FORMAT = 1
+_MISSING = object()
+log = logging.getLogger(__name__)
 
 
 class LsmStore:
@@ -85,15 +88,56 @@ class LsmStore:
         self.db = db
         self._context = context
         self._local_dir = local_dir
+        # What the last `prefetch` read, less what was written since: served to `get`.
+        self._prefetched: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes) -> bytes | None:
+        if self._prefetched:
+            value = self._prefetched.get(key, _MISSING)
+            if value is not _MISSING:
+                return value  # type: ignore[return-value]
         return self.db.get(key)
 
     def put(self, key: bytes, value: bytes) -> None:
+        if self._prefetched:
+            self._prefetched.pop(key, None)
         self.db.put(key, value)
 
     def delete(self, key: bytes) -> None:
+        if self._prefetched:
+            self._prefetched.pop(key, None)
         self.db.delete(key)
+
+    def prefetch(self, keys: list[bytes], max_bytes: int) -> None:
+        """Read `keys` ahead, concurrently (`LsmDB.get_many`), and serve the following `get`s of
+        them from what was read, until the next prefetch (a write of a key forgets it). Holds at
+        most about `max_bytes` of values: the others are read again when asked for. A failed
+        read holds nothing: the `get` that needs it reads again, and raises then. Blocks: call
+        it off the event loop, while nothing else uses the store."""
+        self._prefetched = {}
+        try:
+            found = self.db.get_many(keys)
+        except Exception:  # noqa: BLE001 - a get raises it where the reading state names it
+            log.debug("prefetch of %d keys failed", len(keys), exc_info=True)
+            return
+        held: dict[bytes, bytes | None] = {}
+        size = 0
+        for key, value in found.items():
+            size += len(key) + (0 if value is None else len(value))
+            if size > max_bytes:
+                break
+            held[key] = value
+        self._prefetched = held
+
+    def defer_write_stalls(self) -> None:
+        """Writes never wait for a stall from now on (`LsmDB.defer_stalls`)."""
+        self.db.defer_stalls()
+
+    def writes_stalled(self) -> bool:
+        return self.db.writes_stalled()
+
+    def wait_writable(self) -> None:
+        self.db.wait_writable()
 
     def scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
         return self.db.scan(start, end)

@@ -3,7 +3,12 @@ savepoints).
 
 Threads and invariants:
 - Foreground methods (put/delete/get/scan/flush/compact/checkpoint/...) are called by one thread
-  at a time (the owner, e.g. an operator subtask). The put path takes no lock.
+  at a time (the owner, e.g. an operator subtask). The put path takes no lock. `get_many` reads
+  many keys with their table blocks read concurrently (for an owner that reads ahead).
+- Write stalls: a memtable switch waits while L0 or the immutable memtables are at their stop
+  limits and sleeps at L0's slowdown trigger (`debt`). An owner that must not block (an event
+  loop) calls `defer_stalls`: writes then put the switch off instead, and the owner runs
+  `wait_writable` in a thread of its own whenever `writes_stalled()`, before writing more.
 - One background thread flushes immutable memtables (oldest first), reaps and installs compactions,
   schedules new ones and collects garbage. State it shares with the foreground (`_imms`,
   `_version`, `_pins`, `_bg_error`, ...) is guarded by `_lock` (with `_cond`), every manifest
@@ -43,7 +48,7 @@ from statebackend.lsm import files, reads
 from statebackend.lsm.cache import CacheStats, TableCache
 from statebackend.lsm.compaction_job import CompactionResult, CompactionSpec
 from statebackend.lsm.compactor import CompactionRegistry, Compactor, LocalCompactor, Running
-from statebackend.lsm.debt import WriteStalls, stop_cause
+from statebackend.lsm.debt import WriteStalls, slows_down, stop_cause
 from statebackend.lsm.gc import GarbageCollector, GcResult
 from statebackend.lsm.manifest import Manifest, ManifestStore, encode
 from statebackend.lsm.memtable import Memtable
@@ -158,6 +163,7 @@ class LsmDB:
         self.compactions_remote = 0
         self.compaction_cpu_seconds = {"local": 0.0, "remote": 0.0}
         self.stalls = WriteStalls()  # the writer's slowdowns and stops (statebackend.lsm.debt)
+        self._defer_stalls = False  # see defer_stalls
         self._thread = threading.Thread(
             target=self._bg_loop, name=f"lsm-bg-{self.epoch}", daemon=True
         )
@@ -181,7 +187,34 @@ class LsmDB:
         if mem.size >= self.o.memtable_bytes:
             self._make_room()
 
+    def defer_stalls(self) -> None:
+        """From now on, a write never waits for a stall: a memtable switch that would stop or
+        slow down is put off (the memtable grows beyond `memtable_bytes`) until the owner calls
+        `wait_writable`, in a thread of its own, which it does before it writes more whenever
+        `writes_stalled()` says so. An owner on an event loop thus awaits a stall."""
+        self._defer_stalls = True
+
+    def writes_stalled(self) -> bool:
+        """Whether a memtable switch is put off (see `defer_stalls`)."""
+        return self._mem.size >= self.o.memtable_bytes
+
+    def wait_writable(self) -> None:
+        """Make the memtable switch put off, if any, waiting out a stop and sleeping a slowdown
+        as a write would have (blocks: call it off the event loop)."""
+        if self._mem.size >= self.o.memtable_bytes:
+            self._switch_memtable()
+
     def _make_room(self) -> None:
+        """Switch the memtable now, or put the switch off if it would stall and stalls are
+        deferred (`defer_stalls`)."""
+        if self._defer_stalls:
+            with self._lock:
+                l0 = len(self._version.levels[0])
+                if self._stop_cause_locked() is not None or slows_down(l0, self.o):
+                    return
+        self._switch_memtable()
+
+    def _switch_memtable(self) -> None:
         """Freeze the memtable; first wait (a stop) or sleep (a slowdown) if due (see `debt`)."""
         o = self.o
         with self._cond:
@@ -210,7 +243,7 @@ class LsmDB:
     def flush(self) -> None:
         """Make every write so far durable: return once it is in a committed manifest."""
         if self._mem.data:
-            self._make_room()
+            self._switch_memtable()
         with self._cond:
             while self._imms:
                 self._check_open_locked()
@@ -228,6 +261,24 @@ class LsmDB:
             if value is not _MISSING:
                 return value  # type: ignore[return-value]
         return reads.get(self._version, key, self._tables)[1]
+
+    def get_many(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
+        """`get` of each of `keys`, the table blocks they need read concurrently (see
+        `reads.get_many`). Called by the owner, or for it while it waits (never while it writes)."""
+        found: dict[bytes, bytes | None] = {}
+        rest = []
+        runs = (self._mem, *reversed(self._imms))
+        for key in keys:
+            for run in runs:
+                value = run.data.get(key, _MISSING)
+                if value is not _MISSING:
+                    found[key] = value  # type: ignore[assignment]
+                    break
+            else:
+                rest.append(key)
+        if rest:
+            found.update(reads.get_many(self._version, rest, self._tables))
+        return found
 
     def scan(self, start: bytes | None, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """Entries with start <= key < end, ascending, as of this call (later writes are unseen)."""

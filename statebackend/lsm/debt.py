@@ -27,7 +27,7 @@
   or because `max_immutables` memtables await flushing, cause `memtables`). A stop is counted
   when it begins (a wait whose cause changes counts as two stops), and its seconds so far are
   included while it lasts, so a scrape during a long stop sees it. `stop_cause` and
-  `WriteStalls.slow_down` hold the rules that decide a stall.
+  `slows_down` hold the rules that decide a stall.
 - `debt_metrics(...)`: the figures the store's `metrics()` reports, keyed as the runtime reads
   them (`streamlet.metrics`): `l0_files` and `pending_compaction_bytes` (gauges), and per stall
   kind and cause `write_stalls/<kind>/<cause>` (count) and `write_stall_seconds/<kind>/<cause>`.
@@ -78,6 +78,11 @@ def stop_cause(immutables: int, l0_files: int, options: LsmOptions) -> str | Non
     return None
 
 
+def slows_down(l0_files: int, options: LsmOptions) -> bool:
+    """Whether a writer switching memtables now sleeps (a slowdown)."""
+    return options.auto_compact and l0_files >= options.l0_slowdown_trigger
+
+
 class WriteStalls:
     """Counts and times of a DB's write stalls by (kind, cause); see the module docstring."""
 
@@ -90,7 +95,7 @@ class WriteStalls:
     def slow_down(self, l0_files: int, options: LsmOptions) -> None:
         """Sleep `slowdown_sleep_s` if L0 is at its slowdown trigger: a slowdown, counted with the
         time it took."""
-        if not (options.auto_compact and l0_files >= options.l0_slowdown_trigger):
+        if not slows_down(l0_files, options):
             return
         started = time.monotonic()
         time.sleep(options.slowdown_sleep_s)

@@ -6,19 +6,26 @@ reads tables of other roots too. The DB reads its live versions here (after its 
 `export` reads a pinned version of a DB it does not open. A point lookup that finds a table not
 open yet opens every table the key may be in at once (`TableCache.open_all`), so that the first
 lookups after a restore wait for the round trips of one table, not of each in turn.
+
+`get_many` looks many keys up at once, for a batch of records whose state is read ahead: the
+tables and the data blocks the keys need that are not cached are read concurrently (`files.each`),
+in rounds (a key not found in the blocks of one round goes on to its next table in the next), so
+the lookups of a batch wait for about as many round trips as the deepest single lookup.
 """
 
 from bisect import bisect_right
 from collections.abc import Iterator
 from itertools import chain
 
+from statebackend.lsm import files
 from statebackend.lsm.cache import TableCache
 from statebackend.lsm.merge import merge_runs
 from statebackend.lsm.meta import TableMeta
-from statebackend.lsm.table import Entry, TableReader
+from statebackend.lsm.table import CachedBlock, Entry, TableReader
 from statebackend.lsm.version import Version
 
 ABSENT: tuple[bool, None] = (False, None)
+_MISSING = object()
 
 
 def get(version: Version, key: bytes, tables: TableCache) -> tuple[bool, bytes | None]:
@@ -39,6 +46,46 @@ def get(version: Version, key: bytes, tables: TableCache) -> tuple[bool, bytes |
                 if found:
                     return found, value
     return ABSENT
+
+
+def get_many(
+    version: Version, keys: list[bytes], tables: TableCache
+) -> dict[bytes, bytes | None]:
+    """What `get` finds for each of `keys` (each key: its value, None for a tombstone or no
+    entry), the tables and data blocks not cached read concurrently. An error reading a table
+    or a block raises (once every read of its round has returned)."""
+    candidates = {key: list(_candidates(version, key)) for key in keys}
+    closed = {t.key: t for ts in candidates.values() for t in ts if t.key not in tables.readers}
+    if closed:
+        tables.open_all(list(closed.values()))
+    found: dict[bytes, bytes | None] = {}
+    loaded: dict[tuple[str, int], CachedBlock] = {}  # blocks read here, whatever the cache keeps
+    position = dict.fromkeys(candidates, 0)  # the next candidate table of each key
+    while candidates:
+        missing: dict[tuple[str, int], tuple[TableReader, int]] = {}
+        for key, ts in list(candidates.items()):
+            n = position[key]
+            while n < len(ts):
+                reader = tables.reader(ts[n])
+                i = reader.block_of(key)
+                if i is not None:
+                    block = loaded.get((reader.name, i)) or reader.cached_block(i)
+                    if block is None:
+                        missing[reader.name, i] = (reader, i)
+                        break
+                    value = block[2].get(key, _MISSING)
+                    if value is not _MISSING:
+                        found[key] = value  # type: ignore[assignment]
+                        break
+                n += 1
+            position[key] = n
+            if key in found or n == len(ts):
+                found.setdefault(key, None)
+                del candidates[key]
+        if missing:
+            blocks = files.each(lambda wanted: wanted[0].load_block(wanted[1]), missing.values())
+            loaded.update(zip(missing, blocks, strict=True))
+    return found
 
 
 def _open(version: Version, key: bytes, t: TableMeta, tables: TableCache) -> TableReader:

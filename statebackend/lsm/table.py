@@ -495,6 +495,26 @@ class TableReader:
         value = lookup.get(key, _MISSING)
         return _ABSENT if value is _MISSING else (True, value)
 
+    def block_of(self, key: bytes) -> int | None:
+        """The data block a lookup of `key` reads, or None when the table cannot hold `key`
+        (its bloom filter says so, or `key` is beyond its last key). For lookups of many keys
+        at once (`reads.get_many`), which load the blocks they miss concurrently."""
+        may_contain = self._may_contain
+        if may_contain is not None and not may_contain(key):
+            return None
+        i = bisect_left(self._last_keys, key)
+        return None if i == self._num_blocks else i
+
+    def cached_block(self, i: int) -> CachedBlock | None:
+        """Data block `i` if the block cache holds it (a hit), else None."""
+        if self._cache is None:
+            return None
+        return self._cache.get((self.name, self._offsets[i]))  # type: ignore[return-value]
+
+    def load_block(self, i: int) -> CachedBlock:
+        """Data block `i`, read from the file, verified, decoded and put in the block cache."""
+        return self._load(i)
+
     def scan(self, start: bytes | None = None, end: bytes | None = None) -> Iterator[Entry]:
         """Entries with start <= key < end in ascending order, tombstones included."""
         last_keys = self._last_keys

@@ -1,0 +1,194 @@
+"""Reading many keys at once (`LsmDB.get_many`, `LsmStore.prefetch`): the same answers as `get`,
+the blocks of many keys read concurrently on a slow file system, and a store serving what it read
+ahead until it is written; and write stalls put off for an owner that awaits them."""
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+
+from statebackend.keygroups import KeyGroupRange
+from statebackend.lsm.backend import LsmStore
+from statebackend.lsm.compactor import LocalCompactor
+from statebackend.lsm.db import LsmDB
+from statebackend.store import StoreContext
+from tests.lsm.options import small_options
+from tests.lsm.test_db import GatedCompactor, fill_l0, wait_for
+
+READ_DELAY_S = 0.02
+
+
+class SlowMemoryFileSystem(MemoryFileSystem):
+    """A memory file system whose reads of table files take READ_DELAY_S each (while `slow`),
+    counting the reads in flight at once."""
+
+    protocol = "slowmem"
+    slow = False
+    lock = threading.Lock()
+    in_flight = 0
+    max_in_flight = 0
+    reads = 0
+
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kw: Any):  # noqa: ANN201
+        cls = SlowMemoryFileSystem
+        if not cls.slow or "/tables/" not in path:
+            return super().cat_file(path, start, end, **kw)
+        with cls.lock:
+            cls.reads += 1
+            cls.in_flight += 1
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+        try:
+            time.sleep(READ_DELAY_S)
+            return super().cat_file(path, start, end, **kw)
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+    @classmethod
+    def reset(cls, slow: bool) -> None:
+        cls.slow, cls.in_flight, cls.max_in_flight, cls.reads = slow, 0, 0, 0
+
+
+fsspec.register_implementation("slowmem", SlowMemoryFileSystem, clobber=True)
+
+
+@pytest.fixture
+def compactor() -> Iterator[LocalCompactor]:
+    c = LocalCompactor(2, processes=False)
+    yield c
+    c.close()
+
+
+@pytest.fixture(autouse=True)
+def fast_reads() -> Iterator[None]:
+    SlowMemoryFileSystem.reset(slow=False)
+    yield
+    SlowMemoryFileSystem.reset(slow=False)
+
+
+def key(i: int) -> bytes:
+    return b"k%08d" % i
+
+
+def filled_db(root: str, compactor: LocalCompactor, **options: Any) -> tuple[LsmDB, dict]:
+    """A DB with tables on several levels, overwrites and tombstones; and its model."""
+    # L0 compacted by hand only: tables stay on L0 and below.
+    limits = dict(l0_compaction_trigger=100, l0_slowdown_trigger=200, l0_stop_trigger=300)
+    db = LsmDB(root, small_options(**{**limits, **options}), compactor=compactor)
+    model: dict[bytes, bytes | None] = {}
+    rng = random.Random(7)
+    for round_ in range(5):
+        for i in rng.sample(range(600), 300):
+            if rng.random() < 0.15:
+                db.delete(key(i))
+                model[key(i)] = None
+            else:
+                value = b"v%d-%d" % (round_, i) * 8
+                db.put(key(i), value)
+                model[key(i)] = value
+        db.flush()
+        if round_ == 2:
+            db.compact()
+    db.wait_idle()
+    return db, model
+
+
+def test_get_many_finds_what_get_finds(compactor: LocalCompactor) -> None:
+    db, model = filled_db(f"memory://get-many-{uuid.uuid4().hex}/db", compactor)
+    try:
+        assert len(db.version.levels[0]) > 0 and any(db.version.levels[1:])
+        db.put(key(5), b"in the memtable")
+        model[key(5)] = b"in the memtable"
+        keys = [key(i) for i in range(-5, 620)]  # absent keys below and above too
+        assert db.get_many(keys) == {k: db.get(k) for k in keys}
+        assert db.get_many(keys) == {k: model.get(k) for k in keys}
+    finally:
+        db.close()
+
+
+def test_get_many_reads_the_blocks_of_many_keys_concurrently(compactor: LocalCompactor) -> None:
+    db, model = filled_db(
+        f"slowmem://get-many-{uuid.uuid4().hex}/db", compactor, block_cache_bytes=0
+    )
+    try:
+        keys = [key(i) for i in range(0, 600, 7)]
+        for k in keys[:3]:
+            db.get(k)  # open the tables (their tails), so only data blocks are read below
+        SlowMemoryFileSystem.reset(slow=True)
+        started = time.monotonic()
+        found = db.get_many(keys)
+        elapsed = time.monotonic() - started
+        assert found == {k: model.get(k) for k in keys}
+        reads = SlowMemoryFileSystem.reads
+        assert reads > 20
+        assert SlowMemoryFileSystem.max_in_flight > 4
+        # one by one they would take reads * READ_DELAY_S
+        assert elapsed < reads * READ_DELAY_S / 3, (elapsed, reads)
+    finally:
+        db.close()
+
+
+def test_a_store_serves_what_it_read_ahead_until_a_key_is_written(
+    compactor: LocalCompactor,
+) -> None:
+    db, model = filled_db(f"slowmem://prefetch-{uuid.uuid4().hex}/db", compactor)
+    context = StoreContext("op/0", KeyGroupRange(0, 127), "memory://unused", "/tmp")
+    store = LsmStore(db, context, "/tmp/unused-local")
+    try:
+        keys = [key(i) for i in range(0, 600, 5)]
+        store.prefetch(keys, max_bytes=1 << 20)
+        SlowMemoryFileSystem.reset(slow=True)
+        db._tables.readers.clear()  # a read that is not served ahead would open tables again
+        assert [store.get(k) for k in keys] == [model.get(k) for k in keys]
+        assert SlowMemoryFileSystem.reads == 0
+        store.put(keys[0], b"new")
+        store.delete(keys[1])
+        assert store.get(keys[0]) == b"new" and store.get(keys[1]) is None
+        # A bound of a few bytes holds (almost) nothing: reads go to the DB again.
+        store.prefetch(keys, max_bytes=10)
+        assert [store.get(k) for k in keys[2:]] == [model.get(k) for k in keys[2:]]
+        assert SlowMemoryFileSystem.reads > 0
+    finally:
+        db.close()
+
+
+def test_deferred_write_stalls_grow_the_memtable_until_the_owner_waits() -> None:
+    gated = GatedCompactor()  # compactions wait for its gate: L0 stays at its stop trigger
+    db = LsmDB(
+        f"memory://stalls-{uuid.uuid4().hex}/db",
+        small_options(l0_compaction_trigger=2, l0_slowdown_trigger=3, l0_stop_trigger=4),
+        compactor=gated,
+    )
+    try:
+        db.defer_stalls()
+        fill_l0(db, 4)
+        wait_for(lambda: len(gated.specs) == 1)
+        assert not db.writes_stalled()
+
+        def write() -> None:  # would stop (as in test_db): put off instead, never waits
+            for i in range(2000):
+                db.put(key(i), b"x" * 50)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        writer.join(30)
+        assert not writer.is_alive(), "a write waited for the stall"
+        assert db.writes_stalled()
+        assert db._mem.size > 10 * db.o.memtable_bytes
+        assert db.get(key(1999)) == b"x" * 50
+        waiter = threading.Thread(target=db.wait_writable, daemon=True)
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive()  # the owner's thread waits the stop out
+        gated.gate.set()
+        waiter.join(30)
+        assert not waiter.is_alive() and not db.writes_stalled()
+    finally:
+        gated.gate.set()
+        db.close()
