@@ -22,6 +22,7 @@ import s3fs
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.support.delay_proxy import DelayProxy
 from tests.support.fixtures import S3Bucket
 from tests.support.kafka_broker import KafkaBroker, fast_group_settings, kafka_metadata_brokers
 from tests.support.ports import port_is_open
@@ -176,6 +177,27 @@ def test_s3_write_range_read_list_delete(s3_bucket: S3Bucket) -> None:
     assert s3_bucket.filesystem().ls(s3_bucket.path("segments")) == [
         f"{s3_bucket.name}/segments/0002.txt"
     ]
+
+
+def test_the_delay_proxy_delays_reads_concurrently_and_passes_s3_through(
+    s3_bucket: S3Bucket,
+) -> None:
+    with DelayProxy(s3_bucket.endpoint_url, delay_ms=200) as proxy:
+        options = s3_bucket.storage_options
+        client = {**options["client_kwargs"], "endpoint_url": proxy.endpoint_url}
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **{**options, "client_kwargs": client})
+        path = s3_bucket.path("object")
+        data = os.urandom(50_000)
+        fs.pipe_file(path, data)  # a write: not delayed
+        assert proxy.stats()["reads"] == 0
+        assert fs.info(path)["size"] == len(data)  # HEAD: its Content-Length passed through
+        started = time.monotonic()
+        parts = fs.cat_ranges([path] * 8, list(range(0, 8000, 1000)), list(range(10, 8010, 1000)))
+        elapsed = time.monotonic() - started
+        assert parts == [data[i : i + 10] for i in range(0, 8000, 1000)]
+        stats = proxy.stats()
+        assert stats["reads"] >= 9 and stats["max_in_flight"] >= 2
+        assert elapsed >= 0.2  # delayed (and concurrently: max_in_flight)
 
 
 def test_s3_buckets_are_unique_and_deleted(s3_server: S3Server) -> None:

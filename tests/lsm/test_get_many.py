@@ -9,9 +9,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import fsspec
 import pytest
-from fsspec.implementations.memory import MemoryFileSystem
 
 from statebackend.keygroups import KeyGroupRange
 from statebackend.lsm.backend import LsmStore
@@ -20,42 +18,7 @@ from statebackend.lsm.db import LsmDB
 from statebackend.store import StoreContext
 from tests.lsm.options import small_options
 from tests.lsm.test_db import GatedCompactor, fill_l0, wait_for
-
-READ_DELAY_S = 0.02
-
-
-class SlowMemoryFileSystem(MemoryFileSystem):
-    """A memory file system whose reads of table files take READ_DELAY_S each (while `slow`),
-    counting the reads in flight at once."""
-
-    protocol = "slowmem"
-    slow = False
-    lock = threading.Lock()
-    in_flight = 0
-    max_in_flight = 0
-    reads = 0
-
-    def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kw: Any):  # noqa: ANN201
-        cls = SlowMemoryFileSystem
-        if not cls.slow or "/tables/" not in path:
-            return super().cat_file(path, start, end, **kw)
-        with cls.lock:
-            cls.reads += 1
-            cls.in_flight += 1
-            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
-        try:
-            time.sleep(READ_DELAY_S)
-            return super().cat_file(path, start, end, **kw)
-        finally:
-            with cls.lock:
-                cls.in_flight -= 1
-
-    @classmethod
-    def reset(cls, slow: bool) -> None:
-        cls.slow, cls.in_flight, cls.max_in_flight, cls.reads = slow, 0, 0, 0
-
-
-fsspec.register_implementation("slowmem", SlowMemoryFileSystem, clobber=True)
+from tests.support.slow_fs import READ_DELAY_S, SlowMemoryFileSystem
 
 
 @pytest.fixture
@@ -67,9 +30,9 @@ def compactor() -> Iterator[LocalCompactor]:
 
 @pytest.fixture(autouse=True)
 def fast_reads() -> Iterator[None]:
-    SlowMemoryFileSystem.reset(slow=False)
+    SlowMemoryFileSystem.reset()
     yield
-    SlowMemoryFileSystem.reset(slow=False)
+    SlowMemoryFileSystem.reset()
 
 
 def key(i: int) -> bytes:
