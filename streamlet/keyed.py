@@ -94,12 +94,13 @@ class KeyedOperator(Operator):
         return shares
 
     async def open(self, state: Any | None) -> None:
-        self.backend = self.context.create_keyed_backend(
-            None if state is None else state["backend"]
+        # Opening (restoring) and closing a backend reads and writes its storage: off the loop.
+        self.backend = await asyncio.to_thread(
+            self.context.create_keyed_backend, None if state is None else state["backend"]
         )
         self.timers = TimerService(self.backend)
         if state is not None:
-            self.timers.restore()
+            await asyncio.to_thread(self.timers.restore)
         config = self.context.config
         self._async_state = (
             AsyncStateAccess.of(
@@ -177,7 +178,7 @@ class KeyedOperator(Operator):
     async def close(self) -> None:
         backend = getattr(self, "backend", None)
         if backend is not None:
-            self.context.release_keyed_backend(backend)
+            await asyncio.to_thread(self.context.release_keyed_backend, backend)
             del self.backend
 
 

@@ -207,17 +207,18 @@ class LsmDB:
     def _make_room(self) -> None:
         """Switch the memtable now, or put the switch off if it would stall and stalls are
         deferred (`defer_stalls`)."""
-        if self._defer_stalls:
-            with self._lock:
-                l0 = len(self._version.levels[0])
-                if self._stop_cause_locked() is not None or slows_down(l0, self.o):
-                    return
-        self._switch_memtable()
+        self._switch_memtable(defer=self._defer_stalls)
 
-    def _switch_memtable(self) -> None:
-        """Freeze the memtable; first wait (a stop) or sleep (a slowdown) if due (see `debt`)."""
+    def _switch_memtable(self, defer: bool = False) -> None:
+        """Freeze the memtable; first wait (a stop) or sleep (a slowdown) if due (see `debt`),
+        or, with `defer`, return without switching instead."""
         o = self.o
         with self._cond:
+            if defer and (
+                self._stop_cause_locked() is not None
+                or slows_down(len(self._version.levels[0]), o)
+            ):
+                return
             try:
                 while cause := self._stop_cause_locked():
                     self.stalls.stopped(cause)

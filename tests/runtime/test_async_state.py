@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from statebackend import ValueStateDescriptor
+from statebackend import KeyedStateBackend, ValueStateDescriptor
 from streamlet import Job, KeyedProcessFunction, WatermarkStrategy
 from streamlet.connectors import CollectionSource
 from streamlet.executor import execute_job
@@ -121,6 +121,42 @@ async def test_state_is_read_off_the_loop_concurrently_and_records_keep_their_or
     assert SlowMemoryFileSystem.reads >= len(KEYS)  # most reads reached a table
     assert SlowMemoryFileSystem.max_in_flight > 4
     assert on_loop.count == 0
+
+
+async def test_a_batch_larger_than_the_bound_is_read_ahead_and_run_in_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[tuple[int, int]] = []
+    real_prefetch = KeyedStateBackend.prefetch
+
+    def prefetch(backend: KeyedStateBackend, keys: list[Any], max_bytes: int) -> None:
+        asked.append((len(keys), max_bytes))
+        real_prefetch(backend, keys, max_bytes)
+
+    monkeypatch.setattr(KeyedStateBackend, "prefetch", prefetch)
+    config = {
+        **lsm_config(tmp_path),  # batches of 60 records
+        "state.async.max-records": 7,
+        "state.async.max-bytes": 5000,
+    }
+    records = rounds_of_keys(seed=4)
+    job = Job("async-bounds")
+    sink = CollectSink()
+    (
+        job.source(CollectionSource(records))
+        .key_by(lambda record: record[0])
+        .stateful_map(lambda n, record: ((n or 0) + 1, (record[0], (n or 0) + 1)))
+        .sink(sink)
+    )
+    await execute_job(job, config)
+    assert max(size for size, _ in asked) == 7 and {bound for _, bound in asked} == {5000}
+    assert sum(size for size, _ in asked) == len(records)  # every record's key, once
+    seen: Counter[str] = Counter()
+    expected = []
+    for key, _ in records:
+        seen[key] += 1
+        expected.append((key, seen[key]))
+    assert sink.values == expected
 
 
 class CountThenReport(KeyedProcessFunction):
