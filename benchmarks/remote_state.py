@@ -18,10 +18,11 @@ Figures:
 - `async_events_per_s`: the same job with it on (each batch's state read ahead, concurrently,
   in a worker thread); `speedup` (async over sync; target >= 5);
 - `heartbeat_p99_ms` (async) and `sync_heartbeat_p99_ms`: the 99th percentile delay of a
-  periodic asyncio tick (every 10 ms) on the job's event loop while the job runs: how late a
+  heartbeat due every 10 ms on the job's event loop while the job runs (a heartbeat due while
+  the loop is blocked runs when it is free again, and each one due meanwhile counts): how late a
   task manager's heartbeat, its data exchange or its metrics server would be served (target
-  <= 50). It is the loop's own delay, measured directly, not a heartbeat round trip between
-  processes;
+  <= 50). It is the loop's own delay, measured directly in the process, not a heartbeat or an
+  exchange round trip between processes;
 - `read_requests_per_event_sync` / `_async`: the delayed reads the proxy served per record.
 
 The runs take `records_sync` and `records_async` records (the sync run is slow by design).
@@ -77,12 +78,16 @@ def _read_modify_write(value: bytes | None, key: int) -> tuple[bytes | None, int
 
 
 async def _heartbeats(delays: list[float], stop: asyncio.Event) -> None:
-    """Tick every TICK_S on this loop, recording how late each tick came (seconds)."""
+    """Heartbeats due every TICK_S on this loop: record how late each one ran (seconds). A loop
+    blocked for a while serves every heartbeat due meanwhile late, each counted."""
     loop = asyncio.get_running_loop()
+    due = loop.time() + TICK_S
     while not stop.is_set():
-        started = loop.time()
-        await asyncio.sleep(TICK_S)
-        delays.append(loop.time() - started - TICK_S)
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        now = loop.time()
+        while due <= now:
+            delays.append(now - due)
+            due += TICK_S
 
 
 async def _measure(config: dict[str, Any], records: int, restore_from: str) -> dict[str, float]:
