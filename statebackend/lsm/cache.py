@@ -185,6 +185,13 @@ class CachedSource:
                 pass  # evicted between lookup and open: read the DFS instead
         return self.fs.cat_file(self.path, start=offset, end=offset + length)
 
+    def remote(self) -> tuple[fsspec.AbstractFileSystem, str] | None:
+        """(file system, path) for a table larger than the whole cache (read by range from the
+        DFS) on an asynchronous file system; None for one `read` copies to local disk."""
+        if self.size <= self.cache.capacity or not getattr(self.fs, "async_impl", False):
+            return None
+        return self.fs, self.path
+
 
 class TableCache:
     """Open readers by `TableMeta.key`. Readers are immutable, so `readers` is read without a lock

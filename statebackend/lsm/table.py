@@ -74,6 +74,9 @@ class FileSource(Protocol):
 
     def read(self, offset: int, length: int) -> bytes: ...
 
+    # Optional: `remote() -> (file system, path) | None`, where a range is best read by a
+    # request to an asynchronous file system (batched by `reads.get_many`); None: by `read`.
+
 
 class FsFileSource:
     """A FileSource over fsspec range reads (on the local file system: os.pread, 4x faster)."""
@@ -92,6 +95,14 @@ class FsFileSource:
             finally:
                 os.close(fd)
         return self.fs.cat_file(self.path, start=offset, end=offset + length)
+
+    def remote(self) -> tuple[Any, str] | None:
+        """(file system, path) of the file when reads of its ranges are requests to an
+        asynchronous file system (an object store), which `reads.get_many` batches into one
+        `cat_ranges`; else None."""
+        return None if self._local or not getattr(self.fs, "async_impl", False) else (
+            self.fs, self.path
+        )
 
 
 class BlockCache(Protocol):
@@ -473,7 +484,11 @@ class TableReader:
     def _load(self, i: int) -> CachedBlock:
         """Data block `i`, read, verified, decoded and put in the cache."""
         offset = self._offsets[i]
-        data = self._read(offset, self._ends[i] - offset)
+        return self._decoded(i, self._read(offset, self._ends[i] - offset))
+
+    def _decoded(self, i: int, data: bytes) -> CachedBlock:
+        """Data block `i` from its bytes, verified, decoded and put in the cache."""
+        offset = self._offsets[i]
         keys, values = self._entries(i, self._verified(block.decode, data, offset))
         decoded = keys, values, dict(zip(keys, values, strict=True))
         if self._cache is not None:
@@ -514,6 +529,24 @@ class TableReader:
     def load_block(self, i: int) -> CachedBlock:
         """Data block `i`, read from the file, verified, decoded and put in the block cache."""
         return self._load(i)
+
+    @property
+    def source(self) -> FileSource:
+        return self._source
+
+    def block_span(self, i: int) -> tuple[int, int]:
+        """(offset, length) of data block `i` in the file."""
+        return self._offsets[i], self._ends[i] - self._offsets[i]
+
+    def decode_block(self, i: int, data: bytes) -> CachedBlock:
+        """Data block `i` from its bytes (read elsewhere: `block_span`), verified, decoded and
+        put in the block cache."""
+        offset, length = self.block_span(i)
+        if len(data) != length:
+            raise CorruptTableError(
+                self.name, offset, f"truncated: read {len(data)} of {length} bytes"
+            )
+        return self._decoded(i, data)
 
     def scan(self, start: bytes | None = None, end: bytes | None = None) -> Iterator[Entry]:
         """Entries with start <= key < end in ascending order, tombstones included."""

@@ -18,7 +18,12 @@ from statebackend.lsm.db import LsmDB
 from statebackend.store import StoreContext
 from tests.lsm.options import small_options
 from tests.lsm.test_db import GatedCompactor, fill_l0, wait_for
+from tests.support.delay_proxy import DelayProxy
+from tests.support.fixtures import S3Bucket
+from tests.support.s3_server import S3Server
 from tests.support.slow_fs import READ_DELAY_S, SlowMemoryFileSystem
+
+NO_AUTO_COMPACTION = dict(l0_compaction_trigger=100, l0_slowdown_trigger=200, l0_stop_trigger=300)
 
 
 @pytest.fixture
@@ -42,8 +47,7 @@ def key(i: int) -> bytes:
 def filled_db(root: str, compactor: LocalCompactor, **options: Any) -> tuple[LsmDB, dict]:
     """A DB with tables on several levels, overwrites and tombstones; and its model."""
     # L0 compacted by hand only: tables stay on L0 and below.
-    limits = dict(l0_compaction_trigger=100, l0_slowdown_trigger=200, l0_stop_trigger=300)
-    db = LsmDB(root, small_options(**{**limits, **options}), compactor=compactor)
+    db = LsmDB(root, small_options(**{**NO_AUTO_COMPACTION, **options}), compactor=compactor)
     model: dict[bytes, bytes | None] = {}
     rng = random.Random(7)
     for round_ in range(5):
@@ -155,3 +159,32 @@ def test_deferred_write_stalls_grow_the_memtable_until_the_owner_waits() -> None
     finally:
         gated.gate.set()
         db.close()
+
+
+def test_get_many_on_an_object_store_batches_the_block_reads(
+    compactor: LocalCompactor, s3_server: S3Server, s3_bucket: S3Bucket
+) -> None:
+    with DelayProxy(s3_server.endpoint_url, delay_ms=20) as proxy:
+        options = s3_bucket.storage_options
+        options["client_kwargs"] = {**options["client_kwargs"], "endpoint_url": proxy.endpoint_url}
+        db = LsmDB(
+            s3_bucket.path("get-many"),
+            small_options(block_cache_bytes=0, **NO_AUTO_COMPACTION),
+            storage_options=options,
+            compactor=compactor,
+        )
+        try:
+            model = {key(i): b"v%d" % i * 20 for i in range(400)}
+            for k, v in model.items():
+                db.put(k, v)
+            db.flush()
+            keys = [key(i) for i in range(0, 420, 3)]
+            for k in keys:
+                db.get(k)  # opens the tables: only data blocks are read below
+            proxy.reset_stats()
+            assert db.get_many(keys) == {k: model.get(k) for k in keys}
+            stats = proxy.stats()
+            assert stats["reads"] > 20
+            assert stats["max_in_flight"] > 4
+        finally:
+            db.close()

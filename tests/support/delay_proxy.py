@@ -8,7 +8,8 @@ cannot stall it)::
 Every request is forwarded to the target as it is (method, path, query, headers, body, the Host
 header included, so that signed S3 requests stay valid) and its answer returned as it is; a read
 (GET or HEAD) first waits `--delay-ms`, concurrently with other requests. `GET /__delay_proxy__`
-answers its figures as JSON: the reads it delayed and the most it had in flight at once.
+answers its figures as JSON: the reads it delayed and the most it had in flight at once;
+`DELETE /__delay_proxy__` sets them to zero.
 
 `DelayProxy(target_url, delay_ms)` starts and stops it from a test or a benchmark (a context
 manager, like `S3Server`); `endpoint_url` is what clients use instead of the target's.
@@ -86,6 +87,13 @@ class DelayProxy:
         """`{"reads": delayed reads so far, "max_in_flight": most reads in flight at once}`."""
         return _get_stats(self.endpoint_url)
 
+    def reset_stats(self) -> None:
+        """Count from zero again."""
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(self.endpoint_url + STATS_PATH, method="DELETE")
+        with direct.open(request, timeout=5.0):
+            pass
+
     def stop(self) -> None:
         """Kill the proxy and reap it. Idempotent."""
         if self._process is not None:
@@ -116,6 +124,9 @@ class _Forwarder:
         self.session: ClientSession | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == STATS_PATH and request.method == "DELETE":
+            self.reads = self.max_in_flight = 0
+            return web.json_response({})
         if request.path == STATS_PATH:
             return web.json_response({"reads": self.reads, "max_in_flight": self.max_in_flight})
         body = await request.read()
