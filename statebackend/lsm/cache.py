@@ -9,7 +9,8 @@
   the table reader charges for each block. Table readers consult it (see table.BlockCache).
 - `FileCache`: an LRU of whole table files copied from the DFS to a local directory, bounded in
   bytes. `source()` wraps a DFS file so reads come from the local copy once it is fetched. A table
-  larger than the whole cache is read from the DFS by range.
+  larger than the whole cache is read from the DFS by range (on an object store, the ranges of
+  many lookups in one batched call: `CachedSource.remote`).
 
 Both count hits and misses. A capacity of 0 disables a cache; the DB then reads the DFS directly.
 Files are immutable and names never reused, so a cached copy never goes stale.

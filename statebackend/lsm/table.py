@@ -10,7 +10,9 @@ a table and every data block when it reads one: damage raises `CorruptTableError
 and the offset of the failing block, and is never turned into wrong data.
 
 Point lookups are a bloom filter probe, a bisect over the index's last keys and a dict lookup in
-the decoded block, which the `BlockCache` keeps as (keys, values, dict), never mutated.
+the decoded block, which the `BlockCache` keeps as (keys, values, dict), never mutated. Lookups of
+many keys (`reads.get_many`) use the same steps one by one (`block_of`, `cached_block`), reading
+the blocks they miss together (`block_span` and `decode_block`, or `load_block`).
 
 A builder's options (`TableOptions`) and the metadata it returns (`TableMeta`) are defined in
 `meta.py`.
