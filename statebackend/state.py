@@ -128,11 +128,13 @@ class KeyedState:
 
     def ahead_key(self, current: "CurrentKey") -> bytes | None:
         """The physical key to read ahead for `current` (`KeyedStateBackend.prefetch`): the
-        entry of a one-entry state in the default namespace, unless the state cache holds it;
-        None for other states."""
+        entry of a one-entry state used in the default namespace (last), unless the state
+        cache holds it; None for other states (and for one used in namespaces: windows)."""
         return None
 
-    def _default_key(self, current: "CurrentKey") -> bytes:
+    def _default_key(self, current: "CurrentKey") -> bytes | None:
+        if self._namespace is not EMPTY_COMPONENT:
+            return None
         return current[1] + self._sid + current[2] + EMPTY_COMPONENT  # type: ignore[operator]
 
 

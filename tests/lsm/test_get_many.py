@@ -7,10 +7,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from statebackend import BackendConfig, ListStateDescriptor, ValueStateDescriptor, create_backend
 from statebackend.keygroups import KeyGroupRange
 from statebackend.lsm.backend import LsmStore
 from statebackend.lsm.compactor import LocalCompactor
@@ -188,3 +190,33 @@ def test_get_many_on_an_object_store_batches_the_block_reads(
             assert stats["max_in_flight"] > 4
         finally:
             db.close()
+
+
+def test_a_backend_reads_ahead_the_states_used_in_the_default_namespace_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[list[bytes]] = []
+    real = LsmStore.prefetch
+
+    def prefetch(store: LsmStore, keys: list[bytes], max_bytes: int) -> None:
+        asked.append(keys)
+        real(store, keys, max_bytes)
+
+    monkeypatch.setattr(LsmStore, "prefetch", prefetch)
+    config = BackendConfig(
+        "lsm", f"memory://ahead-{uuid.uuid4().hex}", str(tmp_path), cache_bytes=0
+    )
+    backend = create_backend(config, scope="op/0")
+    try:
+        plain = backend.get_state(ValueStateDescriptor("plain"))
+        windowed = backend.get_state(ListStateDescriptor("windowed"))
+        backend.prefetch(["a", "b"], 1 << 20)
+        assert len(asked) == 1 and len(asked[0]) == 4  # both states, both keys
+        backend.set_current_key("a")
+        windowed.set_namespace((0, 10))  # used in a window's namespace: not read ahead
+        windowed.add(1)
+        plain.update(1)
+        backend.prefetch(["a", "b"], 1 << 20)
+        assert len(asked[1]) == 2 and asked[1] == [backend.key_prefix("plain"), asked[1][1]]
+    finally:
+        backend.dispose()
