@@ -12,7 +12,8 @@ asked at each read, and may report, all optional:
   `pending_compaction_bytes` is listed by `databases()` (the lsm backend's:
   `statebackend.lsm.debt`).
 When a backend closes (`retire`), its counters are kept, so totals survive the end of an attempt;
-its gauges go with it.
+its gauges go with it. Keyed backends open and close on worker threads (`watch` and `retire` are
+called there): the readers iterate copies.
 """
 
 from dataclasses import dataclass, field
@@ -75,7 +76,8 @@ class JobMetrics:
     def write_stalls(self) -> tuple[int, float]:
         """(count, seconds) of the write stalls of every backend, of any kind and cause."""
         count = seconds = 0.0
-        for values in [self.retired, *map(_store_metrics, self.backends)]:
+        # Copies: backends are opened and closed (watched, retired) on worker threads.
+        for values in [dict(self.retired), *map(_store_metrics, list(self.backends))]:
             for key, value in values.items():
                 if key.startswith(STALLS):
                     count += value
