@@ -109,7 +109,7 @@ async def _measure(config: dict[str, Any], records: int, restore_from: str) -> d
     return {"events_per_s": records / elapsed, "heartbeat_p99_ms": p99 * 1000}
 
 
-def _config(bucket: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+def _config(bucket: str, storage_options: dict[str, Any], local_dir: Path) -> dict[str, Any]:
     lsm = {
         "lsm.memtable_bytes": 1 << 20,
         "lsm.block_cache_bytes": CACHE_BYTES,
@@ -118,7 +118,7 @@ def _config(bucket: str, storage_options: dict[str, Any]) -> dict[str, Any]:
     return {
         "state.backend": "lsm",
         "state.dir": f"s3://{bucket}/state",
-        "state.local-dir": tempfile.mkdtemp(prefix="bench-remote-state-"),
+        "state.local-dir": str(local_dir),
         "state.cache-bytes": CACHE_BYTES,
         "state.options": json.dumps(lsm),
         "checkpoint.dir": f"s3://{bucket}/checkpoints",
@@ -130,8 +130,12 @@ def _config(bucket: str, storage_options: dict[str, Any]) -> dict[str, Any]:
 
 def run(quick: bool = False, read_delay_ms: float = 10.0) -> dict[str, float | int]:
     records_sync, records_async = RECORDS[quick]
-    with S3Server(Path(tempfile.mkdtemp(prefix="bench-s3-"))) as server:
-        with DelayProxy(server.endpoint_url, read_delay_ms) as proxy:
+    with tempfile.TemporaryDirectory(prefix="bench-remote-state-") as name:
+        workdir = Path(name)
+        with (
+            S3Server(workdir / "s3-log") as server,
+            DelayProxy(server.endpoint_url, read_delay_ms, log_dir=workdir / "proxy") as proxy,
+        ):
             bucket = server.create_bucket()
             options = server.storage_options()
             options["client_kwargs"] = {
@@ -139,12 +143,11 @@ def run(quick: bool = False, read_delay_ms: float = 10.0) -> dict[str, float | i
                 "endpoint_url": proxy.endpoint_url,
             }
             options["config_kwargs"] = {"max_pool_connections": 64}
-            config = _config(bucket, options)
+            config = _config(bucket, options, workdir / "local")
             keys = CollectionSource(range(KEYS))
             load = _job(keys, "all-keys", lambda _, key: (_value(key), None))
             asyncio.run(execute_job(load, config, parallelism=1))
-            fs = server.filesystem()
-            state_bytes = int(fs.du(f"{bucket}/state"))
+            state_bytes = int(server.filesystem().du(f"{bucket}/state"))
             checkpoint = f"s3://{bucket}/checkpoints/{JOB_NAME}/chk-1"
             figures: dict[str, dict[str, float]] = {}
             reads: dict[str, int] = {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import tempfile
 import urllib.request
@@ -45,7 +46,8 @@ class DelayProxy:
     def __init__(self, target_url: str, delay_ms: float, *, log_dir: Path | None = None) -> None:
         self.target_url = target_url.rstrip("/")
         self.delay_ms = delay_ms
-        self._log_dir = log_dir
+        self._log_dir = log_dir  # None: a temporary one, removed on stop()
+        self._own_log_dir: Path | None = None
         self._process: ManagedProcess | None = None
         self._port: int | None = None
 
@@ -70,7 +72,9 @@ class DelayProxy:
         """Start the proxy and block until it answers."""
         if self._process is not None:
             raise RuntimeError("the delay proxy is already started")
-        log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="delay-proxy-"))
+        if self._log_dir is None:
+            self._own_log_dir = Path(tempfile.mkdtemp(prefix="delay-proxy-"))
+        log_dir = self._log_dir or self._own_log_dir
 
         def launch(port: int) -> ManagedProcess:
             command = [
@@ -80,7 +84,11 @@ class DelayProxy:
             ]  # fmt: skip
             return ManagedProcess(command, name=f"delay-proxy-{port}", log_dir=log_dir).start()
 
-        self._process, self._port = start_server(launch, _probe)
+        try:
+            self._process, self._port = start_server(launch, _probe)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stats(self) -> dict[str, int]:
@@ -95,11 +103,14 @@ class DelayProxy:
             pass
 
     def stop(self) -> None:
-        """Kill the proxy and reap it. Idempotent."""
+        """Kill the proxy and reap it (and remove its temporary log directory). Idempotent."""
         if self._process is not None:
             self._process.kill()
             self._process = None
             self._port = None
+        if self._own_log_dir is not None:
+            shutil.rmtree(self._own_log_dir, ignore_errors=True)
+            self._own_log_dir = None
 
 
 def _get_stats(endpoint_url: str) -> dict[str, int]:
