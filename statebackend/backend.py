@@ -338,20 +338,20 @@ class KeyedStateBackend:
         if prefetch is None or not self._handles:
             return
         handles = list(self._handles.values())
-        known = self._known_keys
         wanted: list[bytes] = []
-        for key in keys:
-            kind = type(key)
-            current = known.get(key) if kind is str or kind is int or kind is bytes else None
-            if current is None:
+        saved = self._current_key, self.current  # the key is set for each key, then restored
+        try:
+            for key in keys:
                 try:
-                    current = self._resolve(key)
+                    self.set_current_key(key)
                 except StateError:
                     continue
-            for handle in handles:
-                physical = handle.ahead_key(current)
-                if physical is not None:
-                    wanted.append(physical)
+                for handle in handles:
+                    physical = handle.ahead_key(self.current)
+                    if physical is not None:
+                        wanted.append(physical)
+        finally:
+            self._current_key, self.current = saved
         if wanted:
             prefetch(wanted, max_bytes)
 
