@@ -9,8 +9,9 @@ subtasks, the data exchange, heartbeats and metrics:
   memtables are at their stop or slowdown limits), it waits the stall out there (`wait_writable`),
   so a stall is backpressure: the subtask reads no more input meanwhile, its channels fill up and
   the sources slow down;
-- if the store reads ahead (`prefetch`: the lsm backend), the state of the part's keys is read
-  there, concurrently (`KeyedStateBackend.prefetch`, at most `state.async.max-bytes` held).
+- if the store reads ahead (`reads_ahead`: the lsm backend, its tables on a remote file system),
+  the state of the part's keys is read there, concurrently (`KeyedStateBackend.prefetch`, at
+  most `state.async.max-bytes` held).
 
 Then the part runs on the event loop, synchronously and in order, on warm state: records keep
 their order (of one key and of all keys), and what comes after a batch in the subtask's input
@@ -45,7 +46,7 @@ class AsyncStateAccess:
         self._max_records = max_records
         self._max_bytes = max_bytes
         store = backend.kv_store
-        self._reads_ahead = hasattr(store, "prefetch")
+        self._reads_ahead = getattr(store, "reads_ahead", False)
         defer = getattr(store, "defer_write_stalls", None)
         if defer is not None:
             defer()
@@ -61,7 +62,7 @@ class AsyncStateAccess:
     ) -> "AsyncStateAccess | None":
         """The access for `backend`, or None when its store neither reads ahead nor stalls."""
         store = backend.kv_store
-        if not (hasattr(store, "prefetch") or hasattr(store, "defer_write_stalls")):
+        if not (getattr(store, "reads_ahead", False) or hasattr(store, "defer_write_stalls")):
             return None
         return cls(backend, key_selectors, max_records, max_bytes)
 

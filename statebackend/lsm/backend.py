@@ -29,9 +29,9 @@
   are retired (their subtasks no longer run). `export` reads a snapshot's entries in a key range
   from its pinned version, read-only, keeping no local file.
 - Tables are read lazily, so restore and rescale time do not grow with the state size.
-- Reading ahead: `prefetch(keys, max_bytes)` looks the keys up at once (`LsmDB.get_many`) and
-  serves the following `get`s of them from what it read, until a key is written (`put`/`delete`
-  forget it) or the next prefetch; `defer_write_stalls` makes writes put a stall off for the
+- Reading ahead (`reads_ahead`: when the tables are not on a local disk): `prefetch(keys,
+  max_bytes)` looks the keys up at once (`LsmDB.get_many`) and serves the following `get`s of
+  them from what it read, until a key is written (`put`/`delete` forget it) or the next prefetch; `defer_write_stalls` makes writes put a stall off for the
   runtime to await (`writes_stalled`, `wait_writable`: `LsmDB.defer_stalls`).
 
 Options (`context.options`, all optional, strings are converted, the `lsm.` prefix optional):
@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fsspec.core import split_protocol
+from fsspec.implementations.local import LocalFileSystem
 
 from statebackend.dfs import FileRef, filesystem, join
 from statebackend.errors import (
@@ -111,6 +112,13 @@ class LsmStore:
         if self._prefetched:
             self._prefetched.pop(key, None)
         self.db.delete(key)
+
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether a runtime should `prefetch`: the tables are on a remote file system, where a
+        read is a round trip; a local disk (`file://`) is read at once, in less time than
+        reading ahead costs."""
+        return not isinstance(self.db.fs, LocalFileSystem)
 
     def prefetch(self, keys: list[bytes], max_bytes: int) -> None:
         """Read `keys` ahead, concurrently (`LsmDB.get_many`), and serve the following `get`s of

@@ -220,3 +220,19 @@ def test_a_backend_reads_ahead_the_states_used_in_the_default_namespace_only(
         assert len(asked[1]) == 2 and asked[1] == [backend.key_prefix("plain"), asked[1][1]]
     finally:
         backend.dispose()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "reads_ahead"), [("file", False), ("memory", True), ("slowmem", True)]
+)
+def test_a_store_reads_ahead_only_when_its_tables_are_not_on_a_local_disk(
+    tmp_path: Path, scheme: str, reads_ahead: bool
+) -> None:
+    where = (
+        f"file://{tmp_path}/state" if scheme == "file" else f"{scheme}://ahead-{uuid.uuid4().hex}"
+    )
+    backend = create_backend(BackendConfig("lsm", where, str(tmp_path / "local")), scope="op/0")
+    try:
+        assert backend.kv_store.reads_ahead is reads_ahead
+    finally:
+        backend.dispose()
