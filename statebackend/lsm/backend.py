@@ -31,8 +31,9 @@
 - Tables are read lazily, so restore and rescale time do not grow with the state size.
 - Reading ahead (`reads_ahead`: when the tables are not on a local disk): `prefetch(keys,
   max_bytes)` looks the keys up at once (`LsmDB.get_many`) and serves the following `get`s of
-  them from what it read, until a key is written (`put`/`delete` forget it) or the next prefetch; `defer_write_stalls` makes writes put a stall off for the
-  runtime to await (`writes_stalled`, `wait_writable`: `LsmDB.defer_stalls`).
+  them from what it read, until a key is written (`put`/`delete` forget it) or the next
+  prefetch. `defer_write_stalls` makes writes put a stall off for the runtime to await
+  (`writes_stalled`, `wait_writable`: `LsmDB.defer_stalls`).
 
 Options (`context.options`, all optional, strings are converted, the `lsm.` prefix optional):
 `lsm.<field>` for every field of `LsmOptions` (e.g. `lsm.memtable_bytes`, `lsm.block_cache_bytes`,
