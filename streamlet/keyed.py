@@ -327,23 +327,31 @@ class KeyedProcessOperator(KeyedOperator):
                 collect(Record(value, timestamp))
 
 
-class ReduceOperator(KeyedOperator):
-    """Emits `reduce(previous, value)` per key after every record."""
+class _OneStateOperator(KeyedOperator):
+    """A keyed operator keeping one state per key (`descriptor`), opened with the backend."""
 
-    STATE = ValueStateDescriptor("reduce")
+    def __init__(
+        self, name: str, key_selectors: list[KeySelector], descriptor: StateDescriptor
+    ) -> None:
+        super().__init__(name, key_selectors)
+        self._descriptor = descriptor
+
+    def state_descriptors(self) -> list[StateDescriptor]:
+        return [*super().state_descriptors(), self._descriptor]
+
+    async def open(self, state: Any | None) -> None:
+        await super().open(state)
+        self._state: Any = self.backend.get_state(self._descriptor)
+
+
+class ReduceOperator(_OneStateOperator):
+    """Emits `reduce(previous, value)` per key after every record."""
 
     def __init__(
         self, name: str, key_selectors: list[KeySelector], reduce: Callable[[Any, Any], Any]
     ) -> None:
-        super().__init__(name, key_selectors)
+        super().__init__(name, key_selectors, ValueStateDescriptor("reduce"))
         self._reduce = reduce
-
-    def state_descriptors(self) -> list[StateDescriptor]:
-        return [*super().state_descriptors(), self.STATE]
-
-    async def open(self, state: Any | None) -> None:
-        await super().open(state)
-        self._state = self.backend.get_state(self.STATE)
 
     def process_batch(
         self, values: list[Any], timestamps: Timestamps, input_index: int
@@ -366,21 +374,13 @@ class ReduceOperator(KeyedOperator):
         self.output.collect_batch(results, timestamps)
 
 
-class AggregateOperator(KeyedOperator):
+class AggregateOperator(_OneStateOperator):
     """Folds every record into its key's accumulator and emits the current result."""
 
     def __init__(
         self, name: str, key_selectors: list[KeySelector], aggregate: AggregateFunction
     ) -> None:
-        super().__init__(name, key_selectors)
-        self._descriptor = AggregatingStateDescriptor("aggregate", aggregate)
-
-    def state_descriptors(self) -> list[StateDescriptor]:
-        return [*super().state_descriptors(), self._descriptor]
-
-    async def open(self, state: Any | None) -> None:
-        await super().open(state)
-        self._state = self.backend.get_state(self._descriptor)
+        super().__init__(name, key_selectors, AggregatingStateDescriptor("aggregate", aggregate))
 
     def process_batch(
         self, values: list[Any], timestamps: Timestamps, input_index: int
@@ -401,25 +401,16 @@ class AggregateOperator(KeyedOperator):
         self.output.collect_batch(results, timestamps)
 
 
-class StatefulMapOperator(KeyedOperator):
+class StatefulMapOperator(_OneStateOperator):
     """Calls `fn(state, value)` per record with the key's state (None at first), which returns
     `(new_state, result)`: `new_state` becomes the key's state (None removes it), `result` is
     emitted."""
 
-    STATE = ValueStateDescriptor("stateful-map")
-
     def __init__(
         self, name: str, key_selectors: list[KeySelector], fn: Callable[[Any, Any], Any]
     ) -> None:
-        super().__init__(name, key_selectors)
+        super().__init__(name, key_selectors, ValueStateDescriptor("stateful-map"))
         self._fn = fn
-
-    def state_descriptors(self) -> list[StateDescriptor]:
-        return [*super().state_descriptors(), self.STATE]
-
-    async def open(self, state: Any | None) -> None:
-        await super().open(state)
-        self._state = self.backend.get_state(self.STATE)
 
     def process_batch(
         self, values: list[Any], timestamps: Timestamps, input_index: int
