@@ -1,25 +1,31 @@
 """Compaction service endpoints, resolved continuously: `EndpointResolver` and `shared_resolver`.
 
-A compaction service address (`compaction.service.address`) takes three forms:
+A compaction service address (`compaction.service.address`) takes these forms:
 - `host:port[,host:port...]`: a static list;
-- `dns:///name:port`: every address `name` resolves to, as behind a Kubernetes headless Service
-  (one record per ready pod);
+- `dns:///name:port`: every address `name` resolves to through the system resolver
+  (`getaddrinfo`: /etc/hosts, the search domains of resolv.conf), as behind a Kubernetes headless
+  Service (one record per ready pod);
+- `dns://server-ip[:port]/name:port`: the same, but asking the DNS server at `server-ip` (port 53
+  unless given; an IPv6 address goes in brackets) directly for the A and AAAA records of `name`
+  (with dnspython), as gRPC's naming spec has it: no /etc/hosts, no search domains;
 - `job:<name>`: the endpoints the cluster's running jobs named <name> registered. This package
   does not import the runtime (`streamlet.cluster`): the runtime injects the lookup (a `JobLookup`,
   a job name -> its `host:port`s) where it assembles the program.
 
-An `EndpointResolver` owns the current endpoint list of one address. For `dns:///` and `job:` a
+An `EndpointResolver` owns the current endpoint list of one address. For `dns:` and `job:` a
 daemon thread refreshes it every `interval_s`, and soon after a client reports a failure
 (`refresh_soon`; at most one refresh per `MIN_REFRESH_GAP_S`): lookups never run on an event loop
 or in a caller, and reading the list (`endpoints()`) never waits. A lookup that fails (the job
-manager unreachable, DNS answering "try again") keeps the last list; a name that does not exist
-(NXDOMAIN) or a job that does not run resolves to no endpoint. A static list is parsed once and
-never changes (no thread). A malformed address is a ValueError when the resolver is made.
+manager unreachable, DNS answering "try again", SERVFAIL or not answering within
+`DNS_TIMEOUT_S`) keeps the last list; a name that does not exist (NXDOMAIN), a name without
+address records, or a job that does not run resolves to no endpoint. A static list is parsed once
+and never changes (no thread). A malformed address is a ValueError when the resolver is made.
 
 `shared_resolver` gives one resolver per address (with its lookup and interval) per process,
 shared by every compactor that uses it; each user `release`s it, the last release stops it.
 """
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -27,6 +33,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import dns.exception
+import dns.name
+import dns.resolver
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,9 @@ AddressInfo = Callable[..., list[tuple[Any, ...]]]
 
 DEFAULT_INTERVAL_S = 2.0
 MIN_REFRESH_GAP_S = 0.5
+DNS_TIMEOUT_S = 2.0
+"""How long one lookup at a DNS server named in the address may take (both record types)."""
+DNS_FORMS = "dns:///name:port (system resolver) or dns://server-ip[:port]/name:port"
 # The resolvers `shared_resolver` made, by address, lookup, interval and getaddrinfo.
 _shared: dict[tuple[Any, ...], "EndpointResolver"] = {}
 _shared_lock = threading.Lock()
@@ -55,13 +68,56 @@ def _check_host_port(address: str) -> str:
 
 @dataclass(frozen=True)
 class _Target:
-    """A parsed address: a static list, a DNS name and port, or a job name."""
+    """A parsed address: a static list, a DNS name and port (and the DNS server to ask, if the
+    address names one), or a job name."""
 
     kind: str  # "static" | "dns" | "job"
     static: tuple[str, ...] = ()
     host: str = ""
     port: int = 0
+    dns_server: tuple[str, int] | None = None  # (IP, port); None: the system resolver
     job: str = ""
+
+
+def _parse_dns_server(authority: str, address: str) -> tuple[str, int]:
+    """The (IP, port) of `dns://<authority>/...`: `ip`, `ip:port`, `[ipv6]` or `[ipv6]:port`."""
+    port: str | None
+    if authority.startswith("["):
+        ip, bracket, rest = authority[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{address!r}: the DNS server {authority!r} is not [ipv6]:port")
+        port = rest[1:] if rest else None
+    elif authority.count(":") > 1:
+        raise ValueError(
+            f"{address!r}: an IPv6 DNS server goes in brackets: dns://[{authority}]:53/name:port"
+        )
+    else:
+        ip, colon, port_text = authority.partition(":")
+        port = port_text if colon else None
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise ValueError(
+            f"{address!r}: the DNS server {ip!r} must be an IP address (a name would need DNS "
+            "to find DNS): " + DNS_FORMS
+        ) from None
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{address!r}: the DNS server's port {port!r} is not 1-65535")
+    return ip, int(port) if port is not None else 53
+
+
+def _parse_dns(address: str) -> _Target:
+    authority, slash, name = address[len("dns://") :].partition("/")
+    if not slash:
+        raise ValueError(f"{address!r}: a dns address is {DNS_FORMS}")
+    host, _, port = _check_host_port(name).rpartition(":")
+    server = _parse_dns_server(authority, address) if authority else None
+    if server is not None:
+        try:
+            dns.name.from_text(host)
+        except dns.exception.DNSException as e:
+            raise ValueError(f"{address!r}: {host!r} is not a DNS name: {e}") from None
+    return _Target("dns", host=host, port=int(port), dns_server=server)
 
 
 def _parse(address: str) -> _Target:
@@ -71,9 +127,10 @@ def _parse(address: str) -> _Target:
         if not name:
             raise ValueError("job: addresses need a job name, e.g. job:compaction-service")
         return _Target("job", job=name)
-    if address.startswith("dns:///"):
-        host, _, port = _check_host_port(address[len("dns:///") :]).rpartition(":")
-        return _Target("dns", host=host, port=int(port))
+    if address.startswith("dns://"):
+        return _parse_dns(address)
+    if address.startswith("dns:"):
+        raise ValueError(f"{address!r}: a dns address is {DNS_FORMS}")
     parts = (part.strip() for part in address.split(","))
     return _Target("static", static=tuple(_check_host_port(part) for part in parts if part))
 
@@ -94,9 +151,34 @@ def _lookup_dns(host: str, port: int, getaddrinfo: AddressInfo) -> list[str]:
     return resolved
 
 
+def _ask_dns_server(host: str, port: int, server: tuple[str, int]) -> list[str]:
+    """The A then AAAA records of `host` at `server`, as endpoints with `port`: NXDOMAIN or no
+    record is an empty list; a timeout, SERVFAIL or a refusal raises (dns.exception.DNSException).
+    """
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [server[0]]
+    resolver.port = server[1]
+    resolver.lifetime = DNS_TIMEOUT_S
+    name = dns.name.from_text(host)  # absolute: no search domains
+    resolved: list[str] = []
+    for record_type in ("A", "AAAA"):
+        try:
+            answer = resolver.resolve(name, record_type, raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN:
+            return []
+        for record in answer.rrset or ():
+            ip = record.to_text()
+            endpoint = f"[{ip}]:{port}" if record_type == "AAAA" else f"{ip}:{port}"
+            if endpoint not in resolved:
+                resolved.append(endpoint)
+    return resolved
+
+
 def _lookup(target: _Target, job_lookup: JobLookup | None, getaddrinfo: AddressInfo) -> list[str]:
     if target.kind == "static":
         return list(target.static)
+    if target.kind == "dns" and target.dns_server is not None:
+        return _ask_dns_server(target.host, target.port, target.dns_server)
     if target.kind == "dns":
         return _lookup_dns(target.host, target.port, getaddrinfo)
     if job_lookup is None:
@@ -167,7 +249,7 @@ class EndpointResolver:
 
     @property
     def dynamic(self) -> bool:
-        """Whether the list can change (a `dns:///` or `job:` address)."""
+        """Whether the list can change (a `dns:` or `job:` address)."""
         return self._thread is not None
 
     def join(self, timeout: float) -> bool:

@@ -141,7 +141,7 @@ CLIENT_KEYS: tuple[ConfigOption, ...] = (
         "str",
         "",
         "The name checked against the service's certificate instead of the address's host (e.g. "
-        "when the address is an IP address or a dns:/// name that resolves to pod IPs).",
+        "when the address is an IP address or a dns: name that resolves to pod IPs).",
         str,
     ),
     ConfigOption(
@@ -173,7 +173,7 @@ CLIENT_KEYS: tuple[ConfigOption, ...] = (
         "compaction.client.resolve-interval",
         "duration",
         2000,
-        "How often a dns:/// or job: address is resolved again, in the background (and soon "
+        "How often a dns: or job: address is resolved again, in the background (and soon "
         "after a failed call): a service instance that starts gets work within about this long "
         "(for job:, plus a heartbeat), one that leaves gets no new work.",
         parse_positive_duration,

@@ -227,11 +227,12 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "str",
         "",
         "host:port of the compaction service (several separated by commas), job:<name> (a "
-        "compaction service job of the cluster) or dns:///<name>:<port> (every address the name "
-        "resolves to); required when compaction.mode is remote. job: and dns:/// addresses are "
-        "resolved again every compaction.client.resolve-interval, so instances that start or "
-        "stop are seen while the job runs; while it names no running instance, compactions run "
-        "locally.",
+        "compaction service job of the cluster), dns:///<name>:<port> (every address the name "
+        "resolves to, through the system resolver) or dns://<dns-server-ip>[:<port>]/<name>:"
+        "<port> (the A and AAAA records of the name at that DNS server); required when "
+        "compaction.mode is remote. job: and dns: addresses are resolved again every "
+        "compaction.client.resolve-interval, so instances that start or stop are seen while the "
+        "job runs; while it names no running instance, compactions run locally.",
         str,
     ),
     ConfigOption(
@@ -486,8 +487,9 @@ class Configuration:
         ):
             raise ConfigError(
                 "compaction.mode is remote, but compaction.service.address is not set: set it to "
-                "the compaction service's host:port (several separated by commas), job:<name> or "
-                "dns:///<name>:<port>, or set compaction.mode to local"
+                "the compaction service's host:port (several separated by commas), job:<name>, "
+                "dns:///<name>:<port> or dns://<dns-server-ip>/<name>:<port>, or set "
+                "compaction.mode to local"
             )
         tls = {name: self.get(f"compaction.client.tls.{name}") for name in _TLS_FILES}
         if bool(tls["cert-file"]) != bool(tls["key-file"]):

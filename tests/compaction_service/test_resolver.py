@@ -1,5 +1,6 @@
-"""EndpointResolver: the three address forms, refreshes in the background, failures that keep
-the last list, and one resolver per address per process."""
+"""EndpointResolver: the address forms (also a DNS server named in a dns:// address, asked
+for real), refreshes in the background, failures that keep the last list, and one resolver per
+address per process."""
 
 import socket
 import threading
@@ -9,6 +10,7 @@ import pytest
 from compaction_service.client import remote_compactor
 from compaction_service.resolver import EndpointResolver, resolve, shared_resolver
 from tests.compaction_service.helpers import wait_until
+from tests.support.dns_server import DnsServer
 
 
 def test_a_static_list_is_parsed_once_and_never_refreshed() -> None:
@@ -26,6 +28,15 @@ def test_a_static_list_is_parsed_once_and_never_refreshed() -> None:
         ("dns:///name", "not host:port"),
         ("dns:///name:0", "not host:port"),
         ("job:", "need a job name"),
+        ("dns:name:1", "a dns address is dns:///name:port"),
+        ("dns://127.0.0.1:5353", "a dns address is dns:///name:port"),
+        ("dns://dns.example/name:1", "the DNS server 'dns.example' must be an IP address"),
+        ("dns://::1/name:1", "an IPv6 DNS server goes in brackets"),
+        ("dns://[::1/name:1", "the DNS server '\\[::1' is not \\[ipv6\\]:port"),
+        ("dns://127.0.0.1:0/name:1", "the DNS server's port '0' is not 1-65535"),
+        ("dns://127.0.0.1:x/name:1", "the DNS server's port 'x' is not 1-65535"),
+        ("dns://127.0.0.1/name", "not host:port"),
+        ("dns://127.0.0.1/a..b:1", "'a..b' is not a DNS name"),
         (" , ", "names no host:port"),
     ],
 )
@@ -117,3 +128,57 @@ def test_one_resolver_per_address_per_process_and_the_last_user_stops_it() -> No
     again = shared_resolver("job:svc", job_lookup=lookup)
     assert again is not first  # a new one
     again.release()
+
+
+def test_a_dns_server_named_in_the_address_is_asked_and_its_changes_followed() -> None:
+    server = DnsServer()
+    server.set_records("compactors.test", ["127.0.0.2"])
+    address = f"dns://{server.address}/compactors.test:50051"
+    # 60 s interval: only refresh_soon makes it look again
+    resolver = EndpointResolver(address, interval_s=60.0)
+    try:
+        wait_until(lambda: resolver.endpoints() == ("127.0.0.2:50051",), what="the first answer")
+        assert resolver.dynamic and server.queries >= 2  # A and AAAA, at this server
+
+        def after_refresh(expected: tuple[str, ...], what: str) -> None:
+            resolver.refresh_soon()
+            wait_until(lambda: resolver.endpoints() == expected, timeout=10, what=what)
+
+        server.set_records("compactors.test", ["127.0.0.2", "127.0.0.3", "::1"])
+        after_refresh(("127.0.0.2:50051", "127.0.0.3:50051", "[::1]:50051"), "an added record")
+        server.set_records("compactors.test", ["127.0.0.3"])
+        after_refresh(("127.0.0.3:50051",), "a removed record")
+        server.set_records("compactors.test", [])
+        after_refresh((), "no record (NOERROR, no answer)")
+        server.set_records("compactors.test", ["127.0.0.4"])
+        after_refresh(("127.0.0.4:50051",), "a record again")
+        server.delete("compactors.test")
+        after_refresh((), "NXDOMAIN")
+        assert resolver.failures == 0
+
+        server.set_records("compactors.test", ["127.0.0.2"])
+        after_refresh(("127.0.0.2:50051",), "the name back")
+        server.servfail = True
+        resolver.refresh_soon()
+        wait_until(lambda: resolver.failures == 1, timeout=10, what="a SERVFAIL")
+        assert resolver.endpoints() == ("127.0.0.2:50051",)  # kept
+        server.servfail = False
+        after_refresh(("127.0.0.2:50051",), "answers again")
+        server.stop()
+        refreshes = resolver.refreshes
+        resolver.refresh_soon()
+        wait_until(lambda: resolver.refreshes > refreshes, timeout=10, what="a timed-out lookup")
+        assert resolver.failures == 2
+        assert resolver.endpoints() == ("127.0.0.2:50051",)  # kept while the server is down
+    finally:
+        resolver.release()
+        server.stop()
+
+
+def test_an_unknown_name_at_the_dns_server_is_no_endpoint() -> None:
+    with DnsServer() as server:
+        server.set_records("compactors.test", ["127.0.0.2"])
+        assert resolve(f"dns://{server.address}/other.test:50051") == []
+        assert server.queries == 1  # NXDOMAIN: no AAAA question after it
+        # DNS names are case-insensitive
+        assert resolve(f"dns://{server.address}/COMPACTORS.test:1") == ["127.0.0.2:1"]
