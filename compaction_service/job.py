@@ -10,7 +10,9 @@ On every compactor task manager: submitted with `-D placement.per-taskmanager=tr
 `-D placement.taskmanager-label=compactor` for the task managers started with `--label
 compactor`), the job runs one instance on each such task manager, also on those that join later,
 and an instance ends with its task manager (streamlet/cluster/instances.py). Each instance binds
-`compaction.service.port` (0: any free port) on its own task manager.
+`compaction.service.port` itself (0: any free port; an instance is subtask 0, so never port + i)
+on its own task manager's interface (`cluster.bind-host` of the task manager, unless the job was
+submitted with one), as compactor pods behind a headless Service all bind one port.
 
 Draining: the reader registers `CompactionServer.drain` with `RuntimeContext.on_drain`, so when
 its task manager drains (SIGTERM) the service turns NOT_SERVING, refuses new calls with UNAVAILABLE

@@ -311,7 +311,8 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "str",
         "127.0.0.1",
         "Interface the job manager, task managers and the compaction service job bind to "
-        "(loopback unless set otherwise).",
+        "(loopback unless set otherwise). A job submitted to a cluster binds that of the task "
+        "manager that runs it, unless submitted with its own.",
         str,
     ),
     ConfigOption(

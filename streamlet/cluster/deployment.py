@@ -1,8 +1,9 @@
 """One deployment in a task manager: a job's attempt, run with the single-process executor.
 
 The deployment fetches the job's file from the job manager (if it has one), loads the job, and
-runs it with the job's configuration, restoring the job's latest checkpoint (a redeployment after
-a failover continues exactly there): with `execute_job` when it has all the job's slots, as a
+runs it with the job's configuration (whose `cluster.bind-host`, unless the job sets one, is the
+task manager's), restoring the job's latest checkpoint (a redeployment after a failover continues
+exactly there): with `execute_job` when it has all the job's slots, as a
 `DistributedExecution` over its slots when the job spans several task managers. Around the run
 it sets the context the job's code sees: where `RuntimeContext.register_endpoint` reports to,
 where `RuntimeContext.on_drain` handlers go, and the endpoint directory `job:<name>` compaction
@@ -156,7 +157,9 @@ class Deployment:
             drain_registry.set(self.drain_handlers.append)
             lookup_context.set(self.directory)  # also seen by module-level code (to_thread)
             job = await asyncio.to_thread(artifacts.load, self.artifact, data, self.workdir)
-            config = Configuration(self.config)
+            # what the job binds (the compaction service job's server): this task manager's
+            # interface, unless the job was submitted with its own cluster.bind-host
+            config = Configuration({"cluster.bind-host": self.exchange.host, **self.config})
             restore_from = await asyncio.to_thread(self._restore_from, job.name, config)
             self.status = DeploymentStatus.RUNNING
             log.info("deployment %s of job %s (%s) running", self.id, self.job_id, self.name)

@@ -6,6 +6,8 @@ the HA store before the REST call or heartbeat that caused it is answered.
 
 - Submit: the module is loaded (a broken one is rejected with its error), the configuration is
   validated, the job's checkpoint and state directories default to `<cluster.dir>/jobs/<id>/`.
+  The job manager's `cluster.bind-host` is not among its defaults: a job binds the interface of
+  the task manager that runs it (`Deployment`), unless submitted with its own.
   A job submitted from a savepoint or checkpoint (`restore_from`) is checked against it as a run
   would be (the path, its metadata, the operators and their state, the parallelism): bad input is
   rejected before anything is written.
@@ -159,7 +161,6 @@ class JobManager:
                 "checkpoint.dir": f"{self.ha.job_url(job_id)}/checkpoints",
                 "state.dir": f"{self.ha.job_url(job_id)}/state",
                 "cluster.dir": self.ha.url,
-                "cluster.bind-host": self.config.get("cluster.bind-host"),
             }
         )
         config.update(overrides)

@@ -1,8 +1,9 @@
 """The compaction service on every compactor task manager (`placement.per-taskmanager`): an
 instance starts by itself on a labelled task manager that joins later and registers its endpoint,
 an unlabelled task manager gets none, an instance ends (and its endpoint goes) with its task
-manager, a restarted job manager adopts the running instances, and bad submissions, labels and
-draining flags are refused."""
+manager, a restarted job manager adopts the running instances, every instance binds the fixed
+service port on its own task manager's host, and bad submissions, labels and draining flags are
+refused."""
 
 import time
 
@@ -19,6 +20,7 @@ from tests.cluster.compactors import (
 )
 from tests.cluster.harness import Cluster
 from tests.compaction_service.helpers import wait_until
+from tests.support.ports import free_port
 
 PICKUP_S = 10.0
 
@@ -78,6 +80,26 @@ def test_without_a_label_every_task_manager_runs_one_and_waits_for_one(cluster: 
     # An ordinary job takes the other slot, beside the instance.
     other = cluster.submit("compaction_service", *SERVICE, "-D", "checkpoint.interval=0")
     assert cluster.wait_job(other, lambda j: j["status"] == "RUNNING")["task_managers"] == [tm]
+
+
+def test_every_instance_binds_the_fixed_port_on_its_own_task_managers_host(
+    cluster: Cluster,
+) -> None:
+    # As compactor pods behind a headless Service: each binds compaction.service.port (not
+    # port + anything) on the interface of its own task manager (cluster.bind-host there), not
+    # the job manager's. Loopback addresses stand for the pods' IPs.
+    port = free_port()
+    hosts = {
+        cluster.start_taskmanager(slots=1, labels=[LABEL], STREAMLET_CLUSTER_BIND_HOST=host): host
+        for host in ("127.0.0.2", "127.0.0.3")
+    }
+    service = ["-D", f"compaction.service.port={port}"]
+    job_id = cluster.submit("compaction_service", *ON_COMPACTORS, *SERVICE, *service)
+    job = cluster.wait_job(job_id, serving_on(set(hosts)))
+    endpoints = {tm: i["endpoints"][0] for tm, i in instances_by_task_manager(job).items()}
+    assert endpoints == {tm: f"{host}:{port}" for tm, host in hosts.items()}
+    for endpoint in endpoints.values():
+        assert health(endpoint) == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_per_task_manager_submissions_that_cannot_run_are_refused(cluster: Cluster) -> None:
