@@ -28,6 +28,9 @@ from statebackend.lsm.table import CachedBlock, Entry, TableReader
 from statebackend.lsm.version import Version
 
 ABSENT: tuple[bool, None] = (False, None)
+# Coalescing the block reads of `get_many` on an object store (`coalesce`).
+COALESCE_GAP_BYTES = 64 << 10
+COALESCE_MAX_BYTES = 2 << 20
 _MISSING = object()
 
 
@@ -121,19 +124,54 @@ def _load_ranges(
     fs: Any,
     items: list[tuple[int, str]],
 ) -> None:
-    spans = [wanted[n][0].block_span(wanted[n][1]) for n, _ in items]
+    """The blocks `items` (wanted[n], in file `path`) of one file system, in one `cat_ranges`
+    of their coalesced spans (`coalesce`)."""
+    spans = {n: wanted[n][0].block_span(wanted[n][1]) for n, _ in items}
+    by_path: dict[str, list[int]] = {}
+    for n, path in items:
+        by_path.setdefault(path, []).append(n)
+    requests = [
+        (path, start, members)
+        for path, ns in by_path.items()
+        for start, members in coalesce([(spans[n][0], spans[n][1], n) for n in ns])
+    ]
     contents = fs.cat_ranges(
-        [path for _, path in items],
-        [offset for offset, _ in spans],
-        [offset + length for offset, length in spans],
+        [path for path, _, _ in requests],
+        [start for _, start, _ in requests],
+        [start + _span_length(spans, members) for _, start, members in requests],
         on_error="return",
     )
-    for (n, _), data in zip(items, contents, strict=True):
-        reader, i = wanted[n]
-        if isinstance(data, BaseException):  # read it again on its own, which raises why
-            blocks[n] = reader.load_block(i)
-        else:
-            blocks[n] = reader.decode_block(i, data)
+    for (_, start, members), data in zip(requests, contents, strict=True):
+        for n in members:
+            reader, i = wanted[n]
+            offset, length = spans[n]
+            if isinstance(data, BaseException):  # read it again on its own, which raises why
+                blocks[n] = reader.load_block(i)
+            else:
+                blocks[n] = reader.decode_block(i, data[offset - start : offset - start + length])
+
+
+def coalesce(spans: list[tuple[int, int, int]]) -> list[tuple[int, list[int]]]:
+    """Byte ranges of one file (offset, length, id) merged into fewer requests: a range joins the
+    one before it when the gap between them is at most COALESCE_GAP_BYTES and the merged request
+    stays within COALESCE_MAX_BYTES. On an object store a request costs a round trip (and the
+    client's CPU to sign and parse it) that reading a gap of this size does not, so the blocks a
+    batch of keys needs in one table are read in few requests. Returns (start, ids) per request,
+    ascending; a request ends where its last range does."""
+    merged: list[tuple[int, int, list[int]]] = []  # (start, end, ids)
+    for offset, length, n in sorted(spans):
+        if merged:
+            start, end, ids = merged[-1]
+            if offset - end <= COALESCE_GAP_BYTES and offset + length - start <= COALESCE_MAX_BYTES:
+                merged[-1] = (start, max(end, offset + length), [*ids, n])
+                continue
+        merged.append((offset, offset + length, [n]))
+    return [(start, ids) for start, _, ids in merged]
+
+
+def _span_length(spans: dict[int, tuple[int, int]], members: list[int]) -> int:
+    start = spans[members[0]][0]
+    return max(offset + length for offset, length in (spans[n] for n in members)) - start
 
 
 def _open(version: Version, key: bytes, t: TableMeta, tables: TableCache) -> TableReader:

@@ -14,6 +14,7 @@ import pytest
 
 from statebackend import BackendConfig, ListStateDescriptor, ValueStateDescriptor, create_backend
 from statebackend.keygroups import KeyGroupRange
+from statebackend.lsm import reads
 from statebackend.lsm.backend import LsmStore
 from statebackend.lsm.compactor import LocalCompactor
 from statebackend.lsm.db import LsmDB
@@ -163,33 +164,82 @@ def test_deferred_write_stalls_grow_the_memtable_until_the_owner_waits() -> None
         db.close()
 
 
-def test_get_many_on_an_object_store_batches_the_block_reads(
+def _db_behind_a_delay_proxy(
+    proxy: DelayProxy, s3_bucket: S3Bucket, name: str, compactor: LocalCompactor, **options: Any
+) -> LsmDB:
+    storage = s3_bucket.storage_options
+    storage["client_kwargs"] = {**storage["client_kwargs"], "endpoint_url": proxy.endpoint_url}
+    return LsmDB(
+        s3_bucket.path(name),
+        small_options(block_cache_bytes=0, **{**NO_AUTO_COMPACTION, **options}),
+        storage_options=storage,
+        compactor=compactor,
+    )
+
+
+def test_get_many_on_an_object_store_reads_distant_blocks_concurrently(
     compactor: LocalCompactor, s3_server: S3Server, s3_bucket: S3Bucket
 ) -> None:
     with DelayProxy(s3_server.endpoint_url, delay_ms=20) as proxy:
-        options = s3_bucket.storage_options
-        options["client_kwargs"] = {**options["client_kwargs"], "endpoint_url": proxy.endpoint_url}
-        db = LsmDB(
-            s3_bucket.path("get-many"),
-            small_options(block_cache_bytes=0, **NO_AUTO_COMPACTION),
-            storage_options=options,
-            compactor=compactor,
+        # One table of 1 KB incompressible entries in 512-byte blocks: every 80th key is ~80 KB
+        # from the next, farther than reads are coalesced over, so each is a request of its own.
+        big_memtable = 8 << 20
+        db = _db_behind_a_delay_proxy(
+            proxy, s3_bucket, "distant", compactor, memtable_bytes=big_memtable
         )
         try:
-            model = {key(i): b"v%d" % i * 20 for i in range(400)}
+            model = {key(i): random.Random(i).randbytes(1000) for i in range(2000)}
             for k, v in model.items():
                 db.put(k, v)
             db.flush()
+            assert len(db.version.levels[0]) == 1
+            keys = [key(i) for i in range(0, 2000, 80)]
+            assert db.get(keys[0]) == model[keys[0]]  # opens the table: only data blocks below
+            proxy.reset_stats()
+            assert db.get_many(keys) == {k: model[k] for k in keys}
+            stats = proxy.stats()
+            assert stats["reads"] >= len(keys) - 1
+            assert stats["max_in_flight"] > 4
+        finally:
+            db.close()
+
+
+def test_get_many_on_an_object_store_coalesces_nearby_blocks_into_one_request_per_table(
+    compactor: LocalCompactor, s3_server: S3Server, s3_bucket: S3Bucket
+) -> None:
+    with DelayProxy(s3_server.endpoint_url, delay_ms=20) as proxy:
+        db = _db_behind_a_delay_proxy(
+            proxy, s3_bucket, "nearby", compactor, memtable_bytes=16384
+        )
+        try:
+            model = {key(i): random.Random(i).randbytes(100) for i in range(400)}
+            for k, v in model.items():
+                db.put(k, v)
+            db.flush()
+            tables = sum(len(level) for level in db.version.levels)
             keys = [key(i) for i in range(0, 420, 3)]
             for k in keys:
                 db.get(k)  # opens the tables: only data blocks are read below
             proxy.reset_stats()
             assert db.get_many(keys) == {k: model.get(k) for k in keys}
-            stats = proxy.stats()
-            assert stats["reads"] > 20
-            assert stats["max_in_flight"] > 4
+            blocks_wanted = len(keys) * 100 // 512  # at least: the keys' entries, 512-byte blocks
+            assert 2 * tables < blocks_wanted
+            assert proxy.stats()["reads"] <= tables
         finally:
             db.close()
+
+
+def test_coalesce_merges_ranges_across_small_gaps_up_to_a_size() -> None:
+    gap, most = reads.COALESCE_GAP_BYTES, reads.COALESCE_MAX_BYTES
+    assert reads.coalesce([]) == []
+    # Out of order in, by offset out; overlapping and adjacent ranges join; a gap too wide splits.
+    spans = [(1000, 100, 2), (0, 100, 0), (100, 50, 1), (1000 + 100 + gap + 1, 10, 3)]
+    assert reads.coalesce(spans) == [(0, [0, 1, 2]), (1100 + gap + 1, [3])]
+    # A request never grows beyond COALESCE_MAX_BYTES (a range larger than that stays whole).
+    blocks = [(i * 4096, 4096, i) for i in range(2 * most // 4096)]
+    requests = reads.coalesce(blocks)
+    assert len(requests) == 2 and requests[1][0] == most
+    assert reads.coalesce([(0, 2 * most, 0), (2 * most, 10, 1)]) == [(0, [0]), (2 * most, [1])]
 
 
 def test_a_backend_reads_ahead_the_states_used_in_the_default_namespace_only(
