@@ -22,6 +22,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from streamlet.async_process import check_process_function
 from streamlet.connectors.base import Sink, Source
 from streamlet.errors import JobDefinitionError
 from streamlet.executor import JobResult, execute_job
@@ -211,7 +212,9 @@ class KeyedStream(_Stream):
         return DataStream(self.job, [(node, None)], node)
 
     def process(self, function: KeyedProcessFunction, name: str = "process") -> DataStream:
-        """Run a `KeyedProcessFunction`: per-key state and timers."""
+        """Run a `KeyedProcessFunction`: per-key state and timers. Its `process_element` may be
+        `async def` (`streamlet.async_process`); what cannot run is refused here."""
+        check_process_function(function)
         return self._keyed(name, lambda: KeyedProcessOperator(name, [self.key], function))
 
     def reduce(self, fn: Callable[[Any, Any], Any], name: str = "reduce") -> DataStream:

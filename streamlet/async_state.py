@@ -16,19 +16,22 @@ subtasks, the data exchange, heartbeats and metrics:
 Then the part runs on the event loop, synchronously and in order, on warm state: records keep
 their order (of one key and of all keys), and what comes after a batch in the subtask's input
 (a watermark and the timers it fires, a barrier and its snapshot) sees the effects of every record
-before it. A store that does neither (`memory`, `rocksdb`) runs batches as they are.
+before it. An `async def` process function's part is awaited to its end instead (its records of
+different keys overlap: `streamlet.async_process`), with the same guarantee for what follows. A
+store that does neither (`memory`, `rocksdb`) runs batches as they are.
 `state.async.enabled: false` turns this off (every access synchronous, on the event loop).
 """
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from statebackend import KeyedStateBackend
 from streamlet.outputs import Timestamps
 from streamlet.partitioners import KeySelector
 
-ProcessBatch = Callable[[list[Any], Timestamps, int], None]
+ProcessBatch = Callable[[list[Any], Timestamps, int], Awaitable[None] | None]
+"""`Operator.process_batch`, or an `async def` process function's (awaited to its end)."""
 
 
 class AsyncStateAccess:
@@ -77,14 +80,18 @@ class AsyncStateAccess:
         step = self._max_records
         if len(values) <= step:
             await self._ready(values, input_index)
-            process_batch(values, timestamps, input_index)
+            running = process_batch(values, timestamps, input_index)
+            if running is not None:
+                await running
             return
         for start in range(0, len(values), step):
             part = values[start : start + step]
             await self._ready(part, input_index)
-            process_batch(
+            running = process_batch(
                 part, None if timestamps is None else timestamps[start : start + step], input_index
             )
+            if running is not None:
+                await running
 
     async def _ready(self, values: list[Any], input_index: int) -> None:
         """Await a write stall, then read the state of the records' keys ahead."""

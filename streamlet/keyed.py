@@ -3,7 +3,8 @@
 `KeyedOperator` is the base: it opens (or restores) the subtask's backend under the scope
 `{job}/{uid}/{subtask}`, sets the current key from each record, fires timers as watermarks and
 processing time advance, and snapshots the backend (timers included) on checkpoints.
-`KeyedProcessOperator` runs a `KeyedProcessFunction`; `ReduceOperator` and `AggregateOperator`
+`KeyedProcessOperator` runs a `KeyedProcessFunction` (one whose `process_element` is `async def`
+through `streamlet.async_process`); `ReduceOperator` and `AggregateOperator`
 keep a rolling value per key and emit it after every record; `StatefulMapOperator` maps each
 record with its key's state and keeps the state the function returns. All of them take records a
 batch at a time (`process_batch`) and emit what the batch produced as one batch. With
@@ -40,7 +41,9 @@ from statebackend import (
 )
 from statebackend.canonical import CANONICAL
 from statebackend.dfs import join
+from streamlet.async_process import AsyncProcessBatch, AsyncProcessBatches, is_asynchronous
 from streamlet.async_state import AsyncStateAccess
+from streamlet.config import Configuration
 from streamlet.elements import Record, SavepointTarget, Watermark
 from streamlet.errors import CheckpointError, OperatorError, StreamletError, describe_record
 from streamlet.functions import AggregateFunction, KeyedProcessFunction, OutputTag
@@ -262,6 +265,8 @@ class KeyedProcessOperator(KeyedOperator):
     ) -> None:
         super().__init__(name, key_selectors)
         self._function = function
+        self._asynchronous = is_asynchronous(function)
+        self._async_batches: AsyncProcessBatches | None = None
 
     def state_descriptors(self) -> list[StateDescriptor]:
         return [*super().state_descriptors(), *declared_descriptors(self._function)]
@@ -269,7 +274,24 @@ class KeyedProcessOperator(KeyedOperator):
     async def open(self, state: Any | None) -> None:
         await super().open(state)
         self._ctx = _ProcessContext(self)
+        if self._asynchronous:
+            config = self.context.config or Configuration()
+            self._async_batches = AsyncProcessBatches(
+                self.name,
+                self._function,
+                self._key_selectors,
+                self.backend,
+                self.timers,
+                self.output,
+                config.get("state.async.max-records"),
+            )
         self._function.open(self.context.runtime)
+
+    def async_process_batch(self) -> AsyncProcessBatch | None:
+        """With an `async def process_element`: the batches run as `streamlet.async_process`
+        says."""
+        batches = self._async_batches
+        return None if batches is None else batches.process_batch
 
     def process_batch(
         self, values: list[Any], timestamps: Timestamps, input_index: int

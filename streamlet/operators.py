@@ -32,6 +32,7 @@ from streamlet.metrics import JobMetrics
 from streamlet.outputs import Output, Timestamps
 
 if TYPE_CHECKING:
+    from streamlet.async_process import AsyncProcessBatch
     from streamlet.async_state import AsyncStateAccess
     from streamlet.config import Configuration
 
@@ -141,6 +142,12 @@ class Operator:
             raise
         except Exception as e:
             raise OperatorError(self.name, describe_record(value), e) from e
+
+    def async_process_batch(self) -> "AsyncProcessBatch | None":
+        """What the subtask awaits for each run of records instead of calling `process_batch`
+        when this operator heads its chain and its user code is `async def`
+        (`streamlet.async_process`); None: `process_batch`."""
+        return None
 
     def async_state(self) -> "AsyncStateAccess | None":
         """How the subtask runs this operator's input batches when it heads its chain: after

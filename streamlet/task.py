@@ -6,9 +6,10 @@ pushes each batch through its chain in one call; it starts checkpoints when the 
 its input gate (bounded channels), hands each run of records (`Records`) to the head of its chain
 in one call (`Operator.process_batch`; a keyed head operator's batches through its
 `AsyncStateAccess`, which awaits the state they need off the event loop first:
-`streamlet.async_state`), fires processing-time timers, and snapshots its operators once barriers
-are aligned. Both flush their outputs into the downstream
-channels after every batch, so a slow consumer slows its producers (backpressure).
+`streamlet.async_state`; an `async def` process function's batches are awaited, each to its
+end: `streamlet.async_process`), fires processing-time timers, and snapshots its operators once
+barriers are aligned. Both flush their outputs into the downstream channels after every batch, so
+a slow consumer slows its producers (backpressure).
 
 When checkpoints fall out of retention, subtask i of p releases the state that old subtasks j
 with j % p == i left in them, so that each is released once also after a rescale.
@@ -303,6 +304,7 @@ class OperatorSubtask(Subtask):
         gate = self.gate
         head = self.operators[0][1]
         process_batch = head.process_batch  # names a failing record itself
+        async_process_batch = head.async_process_batch()  # an async def process function's
         async_state = head.async_state()
         while True:
             got = await gate.next_batch(self._timer_timeout())
@@ -315,11 +317,18 @@ class OperatorSubtask(Subtask):
             ended = False
             for element in batch:
                 if type(element) is Records:
-                    if async_state is None:
+                    if async_state is not None:
+                        await async_state.run(
+                            element.values,
+                            element.timestamps,
+                            input_index,
+                            async_process_batch or process_batch,
+                        )
+                    elif async_process_batch is None:
                         process_batch(element.values, element.timestamps, input_index)
                     else:
-                        await async_state.run(
-                            element.values, element.timestamps, input_index, process_batch
+                        await async_process_batch(
+                            element.values, element.timestamps, input_index
                         )
                 else:
                     for event in gate.handle(channel, element):
