@@ -18,8 +18,9 @@ which makes its key current before every step of it (every `send` or `throw`): a
 synchronously on the event loop, so the state handles and timers it uses see its own key. Each
 record has a context of its own (`ctx.key`, `ctx.timestamp`, side outputs held until the part's
 outputs are emitted). State is used from the function's own coroutine (and the coroutines it
-awaits directly), not from tasks it starts (`asyncio.create_task`, `asyncio.gather` of
-coroutines): those run outside `_Keyed`, with whichever key is current.
+awaits directly), not from tasks it starts (`asyncio.create_task`, and `asyncio.gather` or,
+before Python 3.12, `asyncio.wait_for` of a coroutine): those run outside `_Keyed`, with whichever
+key is current.
 
 A record that raises fails the operator with an `OperatorError` naming it; the part's other
 records are cancelled and awaited first.

@@ -130,7 +130,8 @@ OPTIONS: tuple[ConfigOption, ...] = (
         "int",
         1024,
         "Most records of a keyed operator subtask whose state is read ahead at once: a larger "
-        "input batch is split into parts of this many records, each read ahead and run in turn.",
+        "input batch is split into parts of this many records, each read ahead and run in turn; "
+        "also the most records of an async def process function in flight at once.",
         parse_positive,
     ),
     ConfigOption(

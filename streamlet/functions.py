@@ -2,7 +2,8 @@
 
 Simple transformations take plain callables (`stream.map(len)`). Stateful and timer-driven logic
 subclasses `KeyedProcessFunction`; its `process_element` and `on_timer` return (or yield) the
-records to emit, and reach state, timers and side outputs through the context.
+records to emit, and reach state, timers and side outputs through the context. `process_element`
+may be `async def` (`streamlet.async_process`).
 
 >>> from statebackend import ValueStateDescriptor
 >>> class CountPerKey(KeyedProcessFunction):
@@ -101,7 +102,14 @@ class KeyedContext(Protocol):
 
 
 class KeyedProcessFunction:
-    """Per-key logic with state and timers; override `process_element` and maybe `on_timer`."""
+    """Per-key logic with state and timers; override `process_element` and maybe `on_timer`.
+
+    `process_element` may be `async def` (returning a list of the records to emit, or None) to
+    await the user's own I/O: the records of different keys then overlap while they await, those
+    of one key run one after the other, and outputs keep the input order
+    (`streamlet.async_process`; docs/runtime.md, "Asynchronous process functions"). `on_timer`
+    is always a plain `def`.
+    """
 
     def open(self, context: RuntimeContext) -> None:
         """Called once per subtask before the first record."""
