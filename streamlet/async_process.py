@@ -174,6 +174,8 @@ class AsyncProcessBatches:
             asyncio.create_task(self._run_key(key, indices, values, timestamps, results, sides))
             for key, indices in self._by_key(values, input_index)
         ]
+        if not tasks:
+            return
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
