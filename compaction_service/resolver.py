@@ -135,6 +135,15 @@ def _parse(address: str) -> _Target:
     return _Target("static", static=tuple(_check_host_port(part) for part in parts if part))
 
 
+def _endpoints(ips: list[str], port: int) -> list[str]:
+    """`ip:port` (`[ip]:port` for IPv6) of each address, once, IPv4 first, in address order: a
+    DNS server may answer the same records in any order (round-robin), which is no change."""
+    addresses = sorted(
+        {ipaddress.ip_address(ip) for ip in ips}, key=lambda a: (a.version, int(a))
+    )
+    return [f"[{a}]:{port}" if a.version == 6 else f"{a}:{port}" for a in addresses]
+
+
 def _lookup_dns(host: str, port: int, getaddrinfo: AddressInfo) -> list[str]:
     try:
         infos = getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -142,36 +151,26 @@ def _lookup_dns(host: str, port: int, getaddrinfo: AddressInfo) -> list[str]:
         if e.errno in _NO_SUCH_NAME:
             return []
         raise
-    resolved: list[str] = []
-    for family, *_, sockaddr in infos:
-        ip = sockaddr[0]
-        endpoint = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
-        if endpoint not in resolved:
-            resolved.append(endpoint)
-    return resolved
+    return _endpoints([sockaddr[0] for *_, sockaddr in infos], port)
 
 
 def _ask_dns_server(host: str, port: int, server: tuple[str, int]) -> list[str]:
-    """The A then AAAA records of `host` at `server`, as endpoints with `port`: NXDOMAIN or no
-    record is an empty list; a timeout, SERVFAIL or a refusal raises (dns.exception.DNSException).
-    """
+    """The A and AAAA records of `host` at `server`, as endpoints with `port` (`_endpoints`):
+    NXDOMAIN or no record is an empty list; a timeout, SERVFAIL or a refusal raises
+    (dns.exception.DNSException)."""
     resolver = dns.resolver.Resolver(configure=False)
     resolver.nameservers = [server[0]]
     resolver.port = server[1]
     resolver.lifetime = DNS_TIMEOUT_S
     name = dns.name.from_text(host)  # absolute: no search domains
-    resolved: list[str] = []
+    ips: list[str] = []
     for record_type in ("A", "AAAA"):
         try:
             answer = resolver.resolve(name, record_type, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
             return []
-        for record in answer.rrset or ():
-            ip = record.to_text()
-            endpoint = f"[{ip}]:{port}" if record_type == "AAAA" else f"{ip}:{port}"
-            if endpoint not in resolved:
-                resolved.append(endpoint)
-    return resolved
+        ips += [record.to_text() for record in answer.rrset or ()]
+    return _endpoints(ips, port)
 
 
 def _lookup(target: _Target, job_lookup: JobLookup | None, getaddrinfo: AddressInfo) -> list[str]:

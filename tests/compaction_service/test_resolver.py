@@ -110,6 +110,29 @@ def test_dns_try_again_keeps_the_list_and_no_such_name_empties_it() -> None:
         resolver.release()
 
 
+def test_the_same_records_in_another_order_are_no_change() -> None:
+    answers = [["10.0.0.2", "10.0.0.10", "::1"], ["::1", "10.0.0.10", "10.0.0.2"]]
+
+    def getaddrinfo(host: str, port: int, **kwargs: object) -> list[tuple]:
+        answers.append(answers.pop(0))  # round-robin: every lookup answers in another order
+        family = {False: socket.AF_INET, True: socket.AF_INET6}
+        return [(family[":" in ip], socket.SOCK_STREAM, 6, "", (ip, port)) for ip in answers[-1]]
+
+    resolver = EndpointResolver("dns:///svc.test:50051", interval_s=60.0, getaddrinfo=getaddrinfo)
+    try:
+        expected = ("10.0.0.2:50051", "10.0.0.10:50051", "[::1]:50051")  # IPv4 first, by address
+        wait_until(lambda: resolver.endpoints() == expected, what="the first answer")
+        for refreshes in (2, 3):
+            resolver.refresh_soon()
+            wait_until(
+                lambda n=refreshes: resolver.refreshes >= n, timeout=10, what="a refresh"
+            )
+            assert resolver.endpoints() == expected
+        assert resolver.changes == 1  # the first answer only
+    finally:
+        resolver.release()
+
+
 def test_one_resolver_per_address_per_process_and_the_last_user_stops_it() -> None:
     lookup = FlakyLookup()
     first = shared_resolver("job:svc", job_lookup=lookup)
