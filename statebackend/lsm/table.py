@@ -45,6 +45,9 @@ CachedBlock = tuple[list[bytes], list[bytes | None], dict[bytes, bytes | None]]
 
 FOOTER_SIZE = block.FOOTER_SIZE
 MIN_TAIL_READ = 64 * 1024  # the least that opening a table reads first (see tail_read_size)
+# A scan's read-ahead after its first block missed in the cache (TableReader.scan).
+SCAN_READAHEAD_MIN = 16 * 1024
+SCAN_READAHEAD_MAX = 1024 * 1024
 # Estimates of the meta blocks' bytes, for tail_read_size: msgpack framing of one index entry
 # beyond its key, and the properties block beyond its two keys.
 _INDEX_ENTRY_BYTES = 12
@@ -551,11 +554,29 @@ class TableReader:
         return self._decoded(i, data)
 
     def scan(self, start: bytes | None = None, end: bytes | None = None) -> Iterator[Entry]:
-        """Entries with start <= key < end in ascending order, tombstones included."""
+        """Entries with start <= key < end in ascending order, tombstones included.
+
+        Blocks come from the block cache; those it misses are read with a growing read-ahead,
+        as RocksDB's iterators do: the first alone, each further miss of the scan reads the
+        blocks that follow it too, twice as many bytes as the one before, from
+        SCAN_READAHEAD_MIN up to SCAN_READAHEAD_MAX (a long scan of a table on an object store
+        costs a request per megabyte, not per block; a short one reads no more than it did).
+        Every block read is verified, decoded and cached as a point lookup's is."""
         last_keys = self._last_keys
         i = 0 if start is None else bisect_left(last_keys, start)
-        while i < self._num_blocks:
-            keys, values, _ = self._block(i)
+        stop = self._num_blocks
+        if end is not None:
+            stop = min(stop, bisect_left(last_keys, end) + 1)
+        ahead: dict[int, bytes] = {}  # raw bytes of blocks read ahead, not decoded yet
+        readahead = 0  # bytes of the next read beyond one block: 0 until a block was missed
+        while i < stop:
+            cached = self.cached_block(i) if i not in ahead else None
+            if cached is None:
+                if i not in ahead:
+                    ahead = self._read_ahead(i, stop, readahead)
+                    readahead = min(max(2 * readahead, SCAN_READAHEAD_MIN), SCAN_READAHEAD_MAX)
+                cached = self._decoded(i, ahead.pop(i))
+            keys, values, _ = cached
             lo = 0 if start is None else bisect_left(keys, start)
             if end is not None and last_keys[i] >= end:
                 hi = bisect_left(keys, end)
@@ -566,6 +587,17 @@ class TableReader:
             yield from zip(keys, values, strict=True)
             start = None
             i += 1
+
+    def _read_ahead(self, i: int, stop: int, readahead: int) -> dict[int, bytes]:
+        """The raw bytes of block `i` and of the blocks after it (before `stop`) that end within
+        `readahead` bytes of its start, read at once."""
+        offsets, ends = self._offsets, self._ends
+        j = i + 1
+        while j < stop and ends[j] - offsets[i] <= readahead:
+            j += 1
+        first = offsets[i]
+        chunk = self._read(first, ends[j - 1] - first)
+        return {b: chunk[offsets[b] - first : ends[b] - first] for b in range(i, j)}
 
     def iter_batches(
         self,

@@ -16,6 +16,8 @@ from statebackend import ttl
 from statebackend.lsm import block
 from statebackend.lsm.table import (
     FOOTER_SIZE,
+    SCAN_READAHEAD_MAX,
+    SCAN_READAHEAD_MIN,
     CorruptTableError,
     FsFileSource,
     TableBuilder,
@@ -198,6 +200,26 @@ def test_reader_without_cache_reads_each_block_it_needs() -> None:
     opened = source.reads
     assert reader.get(entries[100][0]) == (True, entries[100][1])
     assert source.reads == opened + 1
+
+
+def test_a_long_scan_reads_ahead_and_a_short_one_reads_one_block() -> None:
+    entries = _entries(30_000, seed=9)
+    data = _build(entries)
+    source = CountingSource(data)
+    reader = TableReader(source, "t.sst", DictCache())
+    blocks = reader.properties["data_blocks"]
+    assert blocks > 1000  # 256-byte blocks: a read per block would be over 1000 reads
+    opened = source.reads
+    assert list(reader.scan(entries[100][0], entries[101][0])) == entries[100:101]
+    assert source.reads == opened + 1  # one block: no read-ahead
+    opened = source.reads
+    assert list(reader.scan()) == entries
+    # misses read 1 block, then 16 KiB, 32 KiB, ... up to 1 MiB at a time: not a read per block
+    doublings = (SCAN_READAHEAD_MAX // SCAN_READAHEAD_MIN).bit_length()
+    assert source.reads - opened <= 2 + doublings + len(data) // SCAN_READAHEAD_MAX
+    # every block read ahead was cached: a second scan reads nothing
+    opened = source.reads
+    assert list(reader.scan()) == entries and source.reads == opened
 
 
 def test_builder_rejects_keys_out_of_order() -> None:
