@@ -42,6 +42,7 @@ from tests.support.s3_server import S3Server
 PARTITIONS = 2
 TIMEOUT_S = 600.0
 STORES = ("rocksdb", "streamlet")
+STORE_MODULES = {"rocksdb": "faust.stores.rocksdb", "streamlet": "streamlet_faust.store"}
 SEND_BATCH = 5000
 WARM_UP = 10  # the first 1/WARM_UP of the events is not timed
 DURABLE = re.compile(r"partition (\d+): durable at changelog offset (\d+)")
@@ -210,10 +211,16 @@ def worker() -> None:
         broker_session_timeout=2.0,
         broker_heartbeat_interval=0.25,
         table_standby_replicas=0,
+        # The app's store, not the table's: Faust gives a table whose own store URL has no host,
+        # path or query ("rocksdb://") the app's store, by default its memory store.
+        store=os.environ["STORE"],
     )
     source = app.topic(os.environ["TOPIC"], key_type=str, value_type=str,
                        partitions=PARTITIONS)
-    table = app.Table("values", partitions=PARTITIONS, store=os.environ["STORE"])
+    table = app.Table("values", partitions=PARTITIONS)
+    store = type(table.data).__module__
+    if store != STORE_MODULES[os.environ["STORE"].split(":", 1)[0]]:
+        raise SystemExit(f"the table's store is {store}, not the one under test")
     timing: dict[str, float] = {"events": 0}
 
     @app.agent(source)
