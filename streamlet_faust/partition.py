@@ -23,7 +23,11 @@ the active partition's database, which another worker writes.
 
 Threads: the database's writes (put/delete) run on the event loop, never while it is flushed;
 the flush runs on a worker thread, during which the event loop still reads the database
-(get/scan), as the database's reader invariants allow (`statebackend.lsm.db`).
+(get/scan), as the database's reader invariants allow (`statebackend.lsm.db`). An active
+partition's database never stalls a write on the event loop (`LsmDB.defer_stalls`): a memtable
+switch that would wait for compactions (L0 at its stop or slowdown trigger) is waited out on a
+worker thread between chunks of a durable step's writes. A standby's writes come from Faust's
+synchronous changelog replay, so they stall where they are, as Faust's rocksdb store's do.
 """
 
 import asyncio
@@ -59,6 +63,8 @@ class Partition:
         self.number = number
         self.role = role
         self.db = db
+        if role is Role.ACTIVE:
+            db.defer_stalls()  # stalls are waited out off the event loop (`apply`)
         self.pending: Layer = {}
         self.cutting: Layer = {}
         self.ready: Layer = {}
@@ -153,7 +159,10 @@ class Partition:
                     self.db.delete(DATA + key)
                 else:
                     self.db.put(DATA + key, value)
-            await asyncio.sleep(0)
+            if self.db.writes_stalled():  # a full memtable whose switch would stall
+                await asyncio.to_thread(self.db.wait_writable)
+            else:
+                await asyncio.sleep(0)
         if offset is not None:
             self.db.put(OFFSET_KEY, str(offset).encode())
         self.applying = {}
