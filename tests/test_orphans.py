@@ -2,9 +2,11 @@
 
 Each test starts a real process with a unique marker in its environment (inherited by everything it
 starts), waits until it has helper processes, SIGKILLs that one process only (not its process group,
-which is what an OOM killer or `kill -9 PID` does), and then checks `/proc` for survivors.
+which is what an OOM killer or `kill -9 PID` does), and then checks `/proc` for survivors. A
+benchmark, which starts its services itself, is stopped with SIGTERM instead (`kill PID`, `timeout`).
 """
 
+import contextlib
 import json
 import os
 import re
@@ -180,3 +182,26 @@ def test_local_cluster_leaves_no_managers(process_runner: ProcessRunner, tmp_pat
     wait_for_helpers(cluster, mark, at_least=1, timeout=10, command="jobmanager")
     wait_for_helpers(cluster, mark, at_least=2, timeout=10, command="taskmanager")
     kill_only(cluster, mark)
+
+
+def test_a_benchmark_stopped_with_sigterm_stops_the_services_it_started(
+    process_runner: ProcessRunner,
+) -> None:
+    mark = uuid.uuid4().hex
+    bench = process_runner.python(
+        module="benchmarks", args=["faust_recovery", "--quick"], name="benchmark",
+        env={MARKER: mark},
+    )
+    wait_for_helpers(bench, mark, at_least=1, timeout=60, command="tansu")
+    wait_for_helpers(bench, mark, at_least=1, timeout=60, command="moto.server")
+    assert bench.pid is not None
+    os.kill(bench.pid, signal.SIGTERM)  # the benchmark alone, as `kill PID` or `timeout` does
+    assert bench.wait(timeout=60) != 0
+    deadline = time.monotonic() + SURVIVAL_S
+    while marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in marked(mark)}
+    for pid in survivors:  # not left running when the test fails
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"{len(survivors)} processes outlived the benchmark: {survivors}"
