@@ -55,12 +55,14 @@ def start_run(runner: ProcessRunner, output: Path, defines: dict[str, str], **en
     )
 
 
-def kill_mid_stream_and_rerun(runner: ProcessRunner, output: Path, defines: dict[str, str]):
-    first = start_run(runner, output, defines, KEYED_COUNT_HOLD_AT=HOLD_AT)
+def kill_mid_stream_and_rerun(
+    runner: ProcessRunner, output: Path, defines: dict[str, str], **env: str
+) -> None:
+    first = start_run(runner, output, defines, KEYED_COUNT_HOLD_AT=HOLD_AT, **env)
     first.wait_for_output("checkpoint 3 completed", timeout=60)
     assert first.kill() == -9
     assert "finished" not in first.output()
-    second = start_run(runner, output, defines)
+    second = start_run(runner, output, defines, **env)
     assert second.wait(timeout=90) == 0, second.describe("failed")
     log = second.output()
     assert re.search(
@@ -97,6 +99,21 @@ def test_sigkill_then_rerun_restores_exact_counts_on_file_storage(
         "progress.interval": "100ms",
     }
     kill_mid_stream_and_rerun(process_runner, tmp_path / "out", defines)
+
+
+def test_sigkill_with_asynchronous_process_functions_in_flight_restores_exact_counts(
+    process_runner: ProcessRunner, tmp_path: Path
+) -> None:
+    # Each record awaits between reading its key's count and updating it: records of other keys
+    # run meanwhile, and checkpoints are taken with records in flight.
+    defines = {
+        **LSM,
+        "state.dir": (tmp_path / "state").as_uri(),
+        "checkpoint.dir": (tmp_path / "checkpoints").as_uri(),
+        "checkpoint.interval": "200ms",
+        "progress.interval": "100ms",
+    }
+    kill_mid_stream_and_rerun(process_runner, tmp_path / "out", defines, KEYED_COUNT_ASYNC="1")
 
 
 @pytest.mark.parametrize("backend", [{"state.backend": "memory"}, LSM], ids=["memory", "lsm"])

@@ -2,8 +2,9 @@
 
 Configured by environment variables: KEYED_COUNT_OUTPUT (the sink's directory), KEYED_COUNT_RECORDS,
 KEYED_COUNT_RATE (records per second), KEYED_COUNT_POISON (a record index whose word makes the
-counting operator raise; -1 for none) and KEYED_COUNT_HOLD_AT (records per source subtask after
-which the source holds until the run is stopped or killed: such a run cannot end by itself).
+counting operator raise; -1 for none), KEYED_COUNT_HOLD_AT (records per source subtask after
+which the source holds until the run is stopped or killed: such a run cannot end by itself) and
+KEYED_COUNT_ASYNC (set: the count is an asynchronous process function, `AsyncCount`).
 
 Loaded as a job module, its arguments (after `--`) override some of them per job (the processes of
 a cluster share one environment): `--output DIR`, `--hold-at N`, and `--release-file PATH` (with
@@ -11,6 +12,7 @@ a cluster share one environment): `--output DIR`, `--hold-at N`, and `--release-
 """
 
 import argparse
+import asyncio
 import os
 import random
 import sys
@@ -46,6 +48,23 @@ class Count(KeyedProcessFunction):
         yield f"{ctx.key} {count.value()}"
 
 
+class AsyncCount(KeyedProcessFunction):
+    """`Count` as an asynchronous process function: each record awaits between reading its key's
+    count and updating it (as a call to another service would), so records of other keys run
+    meanwhile (docs/runtime.md)."""
+
+    COUNT = Count.COUNT
+
+    async def process_element(self, value, ctx):
+        if value == "poison":
+            raise ValueError("cannot count poison")
+        count = ctx.state(self.COUNT)
+        current = count.value()
+        await asyncio.sleep(0.001 * (len(value) % 3))
+        count.update(current + 1)
+        return [f"{ctx.key} {current + 1}"]
+
+
 WORDS_SOURCE = DataGeneratorSource(word, rate=RATE, count=RECORDS, seed=3)
 source: Source = WORDS_SOURCE
 if HOLD_AT is not None:  # imported only then: the cluster tests submit this file on its own
@@ -58,6 +77,6 @@ job = Job("keyed-count")
 (
     job.source(source, name="words")
     .key_by(lambda w: w)
-    .process(Count(), name="count")
+    .process(AsyncCount() if os.environ.get("KEYED_COUNT_ASYNC") else Count(), name="count")
     .sink(FileSink(ARGS.output or "keyed-count-output"), name="files")
 )
