@@ -1,8 +1,10 @@
 """The settings of a `streamlet://` Faust store, and the compactors its databases share.
 
 Options are streamlet's configuration keys (docs/configuration.md) that concern a table's
-databases, and the store's own `flush.interval`; they come from the store URL's query string,
-overridden by the table's `options` mapping (see docs/faust.md):
+databases, and the store's own `flush.interval`; they come from streamlet's `STREAMLET_*`
+environment variables (those of these keys; others are not the store's and are ignored),
+overridden by the store URL's query string, overridden by the table's `options` mapping (see
+docs/faust.md):
 
 - `state.dir` (required): the DFS URL (fsspec: `s3://`, `file://`, ...) the tables live under, one
   LSM database per table partition at `<state.dir>/<app id>/<table>/<partition>`; a URL with a
@@ -39,7 +41,7 @@ from statebackend.lsm.compactor import IN_PROCESS_PROTOCOLS, Compactor, create_c
 from statebackend.lsm.options import PREFIX as LSM_PREFIX
 from statebackend.lsm.options import LsmOptions
 from streamlet.compaction import backend_config
-from streamlet.config import Configuration
+from streamlet.config import OPTIONS, Configuration
 from streamlet.config_types import ConfigError, parse_positive_duration
 
 FLUSH_INTERVAL = "flush.interval"
@@ -81,19 +83,22 @@ class StoreSettings:
 
 def store_settings(
     url: URL | str, options: Mapping[str, Any], tabledir: str, commit_interval_s: float,
-    table: str,
+    table: str, environ: Mapping[str, str] | None = None,
 ) -> StoreSettings:
-    """The settings of a store of `table` from its URL and its table's `options`; Faust's
-    `tabledir` and `broker_commit_interval` give the defaults."""
+    """The settings of a store of `table` from the environment (`environ`, default `os.environ`),
+    its URL and its table's `options`; Faust's `tabledir` and `broker_commit_interval` give the
+    defaults."""
     url = URL(str(url))
     if url.host or url.path not in ("", "/"):
         raise ImproperlyConfigured(
             f"streamlet store URL {str(url)!r}: give the DFS location as the state.dir option "
             f"(streamlet://?state.dir=s3://bucket/prefix), not in the URL's host or path"
         )
-    given: dict[str, Any] = {**url.query, **options}
+    given: dict[str, Any] = {
+        **_from_environment(os.environ if environ is None else environ), **url.query, **options
+    }
     flush = given.pop(FLUSH_INTERVAL, None)
-    unknown = sorted(key for key in given if key not in _KEYS and not key.startswith(_PREFIXES))
+    unknown = sorted(key for key in given if not _is_store_option(key))
     if unknown:
         raise ImproperlyConfigured(
             f"streamlet store option(s) {', '.join(unknown)} unknown: the store takes "
@@ -132,6 +137,20 @@ def store_settings(
         backend_options=compaction,
         flush_interval_s=interval_ms / 1000,
     )
+
+
+def _is_store_option(key: str) -> bool:
+    return key in _KEYS or key.startswith(_PREFIXES)
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The store's options that `STREAMLET_*` variables set (a secret such as
+    STREAMLET_COMPACTION_SERVICE_TOKEN stays out of the URL, which Faust logs)."""
+    return {
+        option.key: environ[option.env_var]
+        for option in OPTIONS
+        if option.env_var in environ and _is_store_option(option.key)
+    }
 
 
 def _check_state_dir(url: str) -> None:

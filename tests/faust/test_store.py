@@ -160,6 +160,30 @@ def test_good_store_options_from_the_url_and_the_table_build_the_store(tmp_path:
     )
 
 
+def test_streamlet_environment_variables_give_options_the_url_and_the_table_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMLET_STATE_DIR", "memory://from-env")
+    monkeypatch.setenv("STREAMLET_COMPACTION_MODE", "remote")
+    monkeypatch.setenv("STREAMLET_COMPACTION_SERVICE_ADDRESS", "127.0.0.1:1")
+    monkeypatch.setenv("STREAMLET_COMPACTION_SERVICE_TOKEN", "from-env")
+    monkeypatch.setenv("STREAMLET_CHECKPOINT_INTERVAL", "5s")  # a job's key: not the store's
+    # The app's bare store URL takes every option from the environment.
+    app = faust.App("env-options", broker="kafka://127.0.0.1:1", datadir=str(tmp_path),
+                    store="streamlet://")
+    from_env = app.Table("counts", default=int).data.settings
+    assert from_env.dfs == "memory://from-env"
+    assert from_env.backend_options["compaction_mode"] == "remote"
+    assert from_env.backend_options["compaction_service_token"] == "from-env"
+    url = "streamlet://?state.dir=memory://from-url&compaction.service.token=from-url"
+    table = app.Table("other", default=int, store=url,
+                      options={"compaction.service.token": "from-table"})
+    overridden = table.data.settings
+    assert overridden.dfs == "memory://from-url"
+    assert overridden.backend_options["compaction_service_token"] == "from-table"
+    assert overridden.backend_options["compaction_service_address"] == "127.0.0.1:1"
+
+
 def test_the_documented_example_is_the_app_these_tests_run() -> None:
     doc = (REPO_ROOT / "docs" / "faust.md").read_text()
     example = doc.split("## A runnable example", 1)[1]
