@@ -284,12 +284,14 @@ class LsmDB:
     def scan(self, start: bytes | None, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """Entries with start <= key < end, ascending, as of this call (later writes are unseen)."""
         with self._lock:
-            runs: list[Iterator[tuple[bytes, bytes | None]]] = [iter(self._mem.range(start, end))]
+            memtables = [self._mem.range(start, end)]
             imms = self._imms
             version = self._version
             count = self._in_use.get(id(version), (version, 0))[1]
             self._in_use[id(version)] = (version, count + 1)
-        runs += [iter(imm.range(start, end)) for imm in reversed(imms)]
+        memtables += [imm.range(start, end) for imm in reversed(imms)]
+        # Empty memtables are left out: a scan of one run is passed through, not merged.
+        runs: list[Iterator[tuple[bytes, bytes | None]]] = [iter(m) for m in memtables if m]
         runs += reads.runs(version, start, end, self._tables)
         entries = self._live_entries(runs, version)
         next(entries)  # start it inside its try, so that dropping it unregisters the version
