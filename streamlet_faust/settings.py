@@ -83,20 +83,17 @@ class StoreSettings:
 
 def store_settings(
     url: URL | str, options: Mapping[str, Any], tabledir: str, commit_interval_s: float,
-    table: str, environ: Mapping[str, str] | None = None,
+    table: str,
 ) -> StoreSettings:
-    """The settings of a store of `table` from the environment (`environ`, default `os.environ`),
-    its URL and its table's `options`; Faust's `tabledir` and `broker_commit_interval` give the
-    defaults."""
+    """The settings of a store of `table` from the environment, its URL and its table's
+    `options`; Faust's `tabledir` and `broker_commit_interval` give the defaults."""
     url = URL(str(url))
     if url.host or url.path not in ("", "/"):
         raise ImproperlyConfigured(
             f"streamlet store URL {str(url)!r}: give the DFS location as the state.dir option "
             f"(streamlet://?state.dir=s3://bucket/prefix), not in the URL's host or path"
         )
-    given: dict[str, Any] = {
-        **_from_environment(os.environ if environ is None else environ), **url.query, **options
-    }
+    given: dict[str, Any] = {**_from_environment(os.environ), **url.query, **options}
     flush = given.pop(FLUSH_INTERVAL, None)
     unknown = sorted(key for key in given if not _is_store_option(key))
     if unknown:
