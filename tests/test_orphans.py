@@ -3,7 +3,7 @@
 Each test starts a real process with a unique marker in its environment (inherited by everything it
 starts), waits until it has helper processes, SIGKILLs that one process only (not its process group,
 which is what an OOM killer or `kill -9 PID` does), and then checks `/proc` for survivors. A
-benchmark, which starts its services itself, is stopped with SIGTERM instead (`kill PID`, `timeout`).
+benchmark, which starts its services itself, is stopped with SIGTERM instead (`kill PID`).
 """
 
 import contextlib
