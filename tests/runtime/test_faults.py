@@ -86,11 +86,9 @@ def kill_mid_stream_and_rerun(
 LSM = {"state.backend": "lsm", "state.options": json.dumps({"lsm.memtable_bytes": 64 << 10})}
 
 
-@pytest.mark.parametrize("backend", [{"state.backend": "rocksdb"}, LSM], ids=["rocksdb", "lsm"])
-def test_sigkill_then_rerun_restores_exact_counts_on_file_storage(
-    process_runner: ProcessRunner, tmp_path: Path, backend: dict[str, str]
-) -> None:
-    defines = {
+def on_file_storage(tmp_path: Path, backend: dict[str, str]) -> dict[str, str]:
+    """The defines of a run with `backend`'s state and checkpoints in `tmp_path`."""
+    return {
         **backend,
         "state.dir": (tmp_path / "state").as_uri(),
         "state.local-dir": str(tmp_path / "local"),
@@ -98,7 +96,13 @@ def test_sigkill_then_rerun_restores_exact_counts_on_file_storage(
         "checkpoint.interval": "200ms",
         "progress.interval": "100ms",
     }
-    kill_mid_stream_and_rerun(process_runner, tmp_path / "out", defines)
+
+
+@pytest.mark.parametrize("backend", [{"state.backend": "rocksdb"}, LSM], ids=["rocksdb", "lsm"])
+def test_sigkill_then_rerun_restores_exact_counts_on_file_storage(
+    process_runner: ProcessRunner, tmp_path: Path, backend: dict[str, str]
+) -> None:
+    kill_mid_stream_and_rerun(process_runner, tmp_path / "out", on_file_storage(tmp_path, backend))
 
 
 def test_sigkill_with_asynchronous_process_functions_in_flight_restores_exact_counts(
@@ -106,14 +110,9 @@ def test_sigkill_with_asynchronous_process_functions_in_flight_restores_exact_co
 ) -> None:
     # Each record awaits between reading its key's count and updating it: records of other keys
     # run meanwhile, and checkpoints are taken with records in flight.
-    defines = {
-        **LSM,
-        "state.dir": (tmp_path / "state").as_uri(),
-        "checkpoint.dir": (tmp_path / "checkpoints").as_uri(),
-        "checkpoint.interval": "200ms",
-        "progress.interval": "100ms",
-    }
-    kill_mid_stream_and_rerun(process_runner, tmp_path / "out", defines, KEYED_COUNT_ASYNC="1")
+    kill_mid_stream_and_rerun(
+        process_runner, tmp_path / "out", on_file_storage(tmp_path, LSM), KEYED_COUNT_ASYNC="1"
+    )
 
 
 @pytest.mark.parametrize("backend", [{"state.backend": "memory"}, LSM], ids=["memory", "lsm"])
